@@ -1,0 +1,160 @@
+"""Every config key rlp_jax knows, with its default, and the start-up validation of a config.
+
+Config files under configs/ start from `base_config()` and change values; they never add keys.
+`validate_config` runs before anything is built and raises `ConfigError` with a message naming the
+dotted key, so the command line can report it on one line.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from rlp_jax.errors import ConfigError
+
+_DTYPES = ('float32', 'bfloat16')
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """All keys with their defaults (the tiny CPU model, next-token training)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = ml_collections.ConfigDict(dict(
+      corpus='reasoning',  # 'reasoning' (embedded generator) | 'local_text' (data.files)
+      data_dir='',  # '' → $RLP_JAX_DATA_DIR or ~/.cache/rlp_jax/data
+      num_documents=20000,  # size of the embedded reasoning corpus
+      corpus_seed=0,
+      files='',  # comma-separated .txt / .jsonl paths or globs for corpus='local_text'
+      text_field='text',  # jsonl field holding the document text
+      seq_len=128,  # tokens per document row (truncated / padded)
+      batch_size=16,  # documents per step
+  ))
+  config.tokenizer = ml_collections.ConfigDict(dict(
+      kind='sentencepiece',
+      path='',  # '' → trained on the corpus at first use and cached under data_dir
+      vocab_size=512,
+  ))
+  config.model = ml_collections.ConfigDict(dict(
+      family='dense',
+      vocab_size=512,  # ≥ tokenizer vocab size
+      hidden_size=128,
+      intermediate_size=384,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=2,
+      head_dim=32,
+      rope_theta=1_000_000.0,
+      norm_eps=1e-6,
+      tie_embeddings=True,
+      param_dtype='float32',
+      compute_dtype='float32',
+      init_std=0.02,
+  ))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=3e-3,
+      schedule='cosine',  # 'cosine' | 'constant' (both after linear warmup)
+      warmup_steps=20,
+      final_lr_fraction=0.1,  # cosine ends at learning_rate * final_lr_fraction
+      weight_decay=0.01,
+      b1=0.9,
+      b2=0.95,
+      eps=1e-8,
+      grad_clip_norm=1.0,
+  ))
+  config.train = ml_collections.ConfigDict(dict(
+      num_steps=200,
+      log_every=1,
+      checkpoint_every=50,
+      keep_checkpoints=3,
+      progress_bar=True,
+  ))
+  return config
+
+
+# Keys whose values must be > 0.
+_POSITIVE = (
+    'data.num_documents', 'data.seq_len', 'data.batch_size', 'tokenizer.vocab_size',
+    'model.vocab_size', 'model.hidden_size', 'model.intermediate_size', 'model.num_layers',
+    'model.num_heads', 'model.num_kv_heads', 'model.head_dim', 'model.rope_theta',
+    'model.norm_eps', 'model.init_std', 'optimizer.learning_rate', 'optimizer.eps',
+    'optimizer.grad_clip_norm', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
+    'train.keep_checkpoints',
+)
+_NON_NEGATIVE = ('seed', 'data.corpus_seed', 'optimizer.warmup_steps', 'optimizer.weight_decay',
+                 'optimizer.final_lr_fraction')
+_CHOICES = {
+    'data.corpus': ('reasoning', 'local_text'),
+    'tokenizer.kind': ('sentencepiece',),
+    'model.family': ('dense',),
+    'model.param_dtype': _DTYPES,
+    'model.compute_dtype': _DTYPES,
+    'optimizer.schedule': ('cosine', 'constant'),
+}
+
+
+def _flatten(config: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in config.items():
+    name = f'{prefix}{key}'
+    if isinstance(value, ml_collections.ConfigDict):
+      flat[name] = value
+      flat.update(_flatten(value, name + '.'))
+    else:
+      flat[name] = value
+  return flat
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+  if isinstance(default, bool):
+    return isinstance(value, bool)
+  if isinstance(default, int):
+    return isinstance(value, int) and not isinstance(value, bool)
+  if isinstance(default, float):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if isinstance(default, ml_collections.ConfigDict):
+    return isinstance(value, ml_collections.ConfigDict)
+  return isinstance(value, type(default))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad key: unknown, wrong type, or out-of-range value."""
+  schema = _flatten(base_config())
+  values = _flatten(config)
+  for name, value in values.items():
+    if name not in schema:
+      raise ConfigError(f'unknown config key `{name}`')
+    default = schema[name]
+    if not _type_ok(value, default):
+      raise ConfigError(f'config key `{name}` must be of type {type(default).__name__}, '
+                        f'got {type(value).__name__} {value!r}')
+  for name in schema:
+    if name not in values:
+      raise ConfigError(f'config key `{name}` is missing (start config files from base_config())')
+  for name in _POSITIVE:
+    if not values[name] > 0:
+      raise ConfigError(f'config key `{name}` must be > 0, got {values[name]!r}')
+  for name in _NON_NEGATIVE:
+    if not values[name] >= 0:
+      raise ConfigError(f'config key `{name}` must be >= 0, got {values[name]!r}')
+  for name, choices in _CHOICES.items():
+    if values[name] not in choices:
+      raise ConfigError(f'config key `{name}` must be one of {list(choices)}, got {values[name]!r}')
+  _validate_relations(config)
+
+
+def _validate_relations(config: ml_collections.ConfigDict) -> None:
+  model, data = config.model, config.data
+  if model.num_heads % model.num_kv_heads:
+    raise ConfigError(f'config key `model.num_kv_heads` ({model.num_kv_heads}) must divide '
+                      f'`model.num_heads` ({model.num_heads})')
+  if model.vocab_size < config.tokenizer.vocab_size:
+    raise ConfigError(f'config key `model.vocab_size` ({model.vocab_size}) must be >= '
+                      f'`tokenizer.vocab_size` ({config.tokenizer.vocab_size})')
+  if data.corpus == 'local_text' and not data.files.strip():
+    raise ConfigError('config key `data.files` must name at least one .txt/.jsonl file when '
+                      "`data.corpus` is 'local_text'")
+  if data.seq_len < 2:
+    raise ConfigError(f'config key `data.seq_len` must be >= 2, got {data.seq_len}')
+  if config.optimizer.final_lr_fraction > 1:
+    raise ConfigError('config key `optimizer.final_lr_fraction` must be <= 1, got '
+                      f'{config.optimizer.final_lr_fraction}')

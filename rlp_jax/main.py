@@ -1,0 +1,95 @@
+"""Command line: `python -m rlp_jax.main --config=configs/tiny.py [--config.a.b=v ...] --workdir=DIR`.
+
+Bad input (unknown key, wrong type, bad value, missing file) stops with one line naming the key or
+path and exit status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rlp_jax.errors import UserInputError
+
+_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                               'configs', 'tiny.py')
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'ml_collections config file (default: configs/tiny.py); override keys with '
+    '--config.a.b=value.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, event files and '
+                               'checkpoints; rerunning on the same workdir resumes.')
+
+
+def fail(message: str) -> None:
+  print(f'rlp_jax: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
+  if not _WORKDIR.value:
+    fail('--workdir is required (where metrics, event files and checkpoints go)')
+  try:
+    config = _CONFIG.value  # loaded lazily: a broken config file fails on first access
+    config.keys()
+  except Exception as error:  # pylint: disable=broad-except
+    fail(_one_line(error))
+  from rlp_jax.config_schema import validate_config  # pylint: disable=import-outside-toplevel
+  try:
+    validate_config(config)
+    from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+    train(config, _WORKDIR.value)
+  except UserInputError as error:
+    fail(str(error))
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+def _with_default_config(argv: list[str]) -> list[str]:
+  """Adds `--config=configs/tiny.py` when no config file is named."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == '--config' or arg.startswith('--config='):
+      path = arg.partition('=')[2] or (argv[i + 1] if i + 1 < len(argv) else '')
+      path = path.split(':', 1)[0]  # config_flags allows `file.py:argument`
+      if not os.path.isfile(path):
+        fail(f'config file not found: {path!r}')
+      return argv
+  return argv[:1] + [f'--config={_DEFAULT_CONFIG}'] + argv[1:]
+
+
+def _one_line(error: BaseException) -> str:
+  """The first informative line of a flag-parsing error, with unknown keys named plainly."""
+  text = str(error).strip()
+  if isinstance(error, (KeyError, AttributeError)):
+    first = text.strip('"\'').replace('\\n', '\n').splitlines()[0].strip('"\'\\')
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return f'unknown config key `{first}` in an override' + (
+        f' (did you mean `{hint.group(1)}`?)' if hint else '')
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  detail = next((line for line in lines if 'Errno' in line or 'Error' in line), '')
+  return ' '.join(part for part in (lines[0] if lines else repr(error), detail) if part)
+
+
+def _flags_parser(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with config-file and override errors reported on one line."""
+  try:
+    return flags.FLAGS(_with_default_config(argv))
+  except UserInputError as error:
+    fail(str(error))
+  except (flags.Error, KeyError, AttributeError, OSError, TypeError, ValueError) as error:
+    fail(_one_line(error))
+  return []
+
+
+def run() -> None:
+  app.run(main, flags_parser=_flags_parser)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,38 @@
+"""The train state: one pytree holding everything a resumed run needs."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  """θ, optimizer state, step, the training key and the data position (index of the next batch).
+
+  The key is stored as raw uint32 key data so that checkpoints hold plain arrays; `next_key`
+  wraps it, splits it, and the step stores the new half back.
+  """
+  step: jax.Array  # int32 scalar: optimizer steps taken
+  params: Any  # nested dict of arrays (θ)
+  opt_state: optax.OptState
+  rng: jax.Array  # uint32 key data
+  data_position: jax.Array  # int32 scalar: index of the next batch to read
+
+  def next_key(self) -> tuple['TrainState', jax.Array]:
+    """Splits the training key: returns the state with the advanced key and a fresh subkey."""
+    key, sub = jax.random.split(jax.random.wrap_key_data(self.rng))
+    return self.replace(rng=jax.random.key_data(key)), sub
+
+
+def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      opt_state=tx.init(params),
+      rng=jax.random.key_data(jax.random.key(seed)),
+      data_position=jnp.zeros((), jnp.int32),
+  )

@@ -1,0 +1,53 @@
+"""The jitted, donated train step: one optax update on the next-token loss.
+
+The step is a pure function of (state, batch); `make_train_step` closes over the static pieces
+(model graph, optimizer) and compiles once for the configured batch shape.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rlp_jax.models import registry
+from rlp_jax.objective.next_token import next_token_loss
+from rlp_jax.train.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def document_positions(tokens: jax.Array) -> jax.Array:
+  """RoPE positions of right-padded document rows: 0..L-1 on every row."""
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
+def make_train_step(graphdef: Any, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable[[TrainState, Batch],
+                                                          tuple[TrainState, Metrics]]:
+  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated."""
+
+  def loss_fn(params, batch):
+    tokens, mask = batch['tokens'], batch['mask']
+    logits, _ = registry.forward(graphdef, params, tokens, document_positions(tokens), mask)
+    loss, num_predicted = next_token_loss(logits, tokens, mask)
+    return loss, num_predicted
+
+  def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    state, _ = state.next_key()  # the RLP objective draws its rollout keys here
+    (loss, num_predicted), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        'ntp_loss': loss,
+        'grad_norm': optax.global_norm(grads),
+        'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
+        'predicted_tokens': num_predicted,
+    }
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              data_position=state.data_position + 1)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0)

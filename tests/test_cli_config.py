@@ -1,0 +1,99 @@
+"""Start-up validation: bad config input stops with one line naming the key or path."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rlp_jax.config_schema import base_config, validate_config
+from rlp_jax.errors import ConfigError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, cwd=REPO):
+  return subprocess.run([sys.executable, '-m', 'rlp_jax.main', *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, *needles):
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr, result.stderr
+  lines = [line for line in result.stderr.splitlines() if line.strip()]
+  assert len(lines) == 1, result.stderr
+  assert lines[0].startswith('rlp_jax: error:'), lines
+  for needle in needles:
+    assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize('override, needles', [
+    ('--config.train.num_stepz=3', ('num_stepz',)),
+    ('--config.model.nonexistent=3', ('nonexistent',)),
+    ('--config.train.num_steps=abc', ('config.train.num_steps',)),
+    ('--config.train.num_steps=1.5', ('config.train.num_steps',)),
+    ('--config.model.hidden_size=0', ('model.hidden_size', '> 0')),
+    ('--config.data.batch_size=-4', ('data.batch_size', '> 0')),
+    ('--config.data.corpus=wiki', ('data.corpus',)),
+    ('--config.model.num_kv_heads=3', ('model.num_kv_heads',)),
+])
+def test_bad_override_is_one_line_naming_the_key(override, needles, tmp_path):
+  assert_one_line_error(run_cli(override, f'--workdir={tmp_path}'), *needles)
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+  missing = str(tmp_path / 'nope.py')
+  assert_one_line_error(run_cli(f'--config={missing}', f'--workdir={tmp_path}'), missing)
+
+
+def test_missing_workdir_is_reported(tmp_path):
+  assert_one_line_error(run_cli(), '--workdir')
+
+
+def test_wrong_type_in_config_file_names_the_key(tmp_path):
+  config_file = tmp_path / 'typo_config.py'
+  config_file.write_text(
+      'from rlp_jax.config_schema import base_config\n'
+      'def get_config():\n'
+      '  c = base_config()\n'
+      "  c.train.num_steps = '10'\n"
+      '  return c\n')
+  assert_one_line_error(run_cli(f'--config={config_file}', f'--workdir={tmp_path}'),
+                        'train.num_steps', 'int')
+
+
+def test_unknown_key_in_config_file_names_the_key(tmp_path):
+  config_file = tmp_path / 'extra_config.py'
+  config_file.write_text(
+      'from rlp_jax.config_schema import base_config\n'
+      'def get_config():\n'
+      '  c = base_config()\n'
+      '  c.train.num_epochs = 3\n'
+      '  return c\n')
+  assert_one_line_error(run_cli(f'--config={config_file}', f'--workdir={tmp_path}'),
+                        'train.num_epochs')
+
+
+def test_missing_data_file_names_the_path(tmp_path):
+  missing = str(tmp_path / 'corpus' / 'missing.jsonl')
+  result = run_cli('--config.data.corpus=local_text', f'--config.data.files={missing}',
+                   f'--config.data.data_dir={tmp_path / "data"}', f'--workdir={tmp_path / "w"}')
+  assert_one_line_error(result, missing)
+
+
+def test_validate_config_accepts_shipped_configs():
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  configs_dir = os.path.join(REPO, 'configs')
+  names = sorted(n for n in os.listdir(configs_dir) if n.endswith('.py'))
+  assert 'tiny.py' in names
+  for name in names:
+    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(configs_dir, name))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    validate_config(module.get_config())
+
+
+def test_validate_config_rejects_vocab_smaller_than_tokenizer():
+  config = base_config()
+  config.model.vocab_size = config.tokenizer.vocab_size - 1
+  with pytest.raises(ConfigError, match='model.vocab_size'):
+    validate_config(config)

@@ -1,0 +1,81 @@
+"""Qwen3 grouped-query self-attention with per-head q/k RMSNorm before RoPE."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlp_jax.models.kv_cache import write_columns
+from rlp_jax.models.layers import Projection, RMSNorm, apply_rope
+
+_MASKED_SCORE = -1e30  # finite, so a query with no visible key stays finite (then zeroed)
+
+
+def grouped_query_attention(queries: jax.Array, keys: jax.Array, values: jax.Array,
+                            mask: jax.Array) -> jax.Array:
+  """Softmax attention with grouped kv heads.
+
+  queries [B, L, H, D], keys/values [B, S, K, D] (H = K * G; q head h uses kv head h // G),
+  mask bool [B, L, S]. Scores and softmax in fp32; returns [B, L, H, D] in the queries' dtype.
+  A query that sees no key at all (a padding row) gets zeros, not NaN.
+  """
+  batch, length, num_heads, head_dim = queries.shape
+  num_kv_heads = keys.shape[2]
+  groups = num_heads // num_kv_heads
+  grouped = queries.reshape(batch, length, num_kv_heads, groups, head_dim)
+  scores = jnp.einsum('blkgd,bskd->bkgls', grouped, keys.astype(queries.dtype),
+                      preferred_element_type=jnp.float32) * (head_dim ** -0.5)
+  visible = mask[:, None, None, :, :]
+  scores = jnp.where(visible, scores, _MASKED_SCORE)
+  probs = jax.nn.softmax(scores, axis=-1)
+  probs = jnp.where(jnp.any(visible, axis=-1, keepdims=True), probs, 0.0)
+  out = jnp.einsum('bkgls,bskd->blkgd', probs.astype(queries.dtype), values.astype(queries.dtype))
+  return out.reshape(batch, length, num_heads, head_dim)
+
+
+class Attention(nnx.Module):
+  """q/k/v projections (no bias), q/k RMSNorm over head_dim, RoPE, GQA softmax, o_proj."""
+
+  def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
+               norm_eps: float, init_std: float, param_dtype: Any, compute_dtype: Any,
+               rngs: nnx.Rngs):
+    if num_heads % num_kv_heads:
+      raise ValueError(f'num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}')
+    common = dict(init_std=init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.q_proj = Projection('ble,ehd->blhd', (hidden_size, num_heads, head_dim),
+                             ('embed', 'heads', 'head_dim'), **common)
+    self.k_proj = Projection('ble,ehd->blhd', (hidden_size, num_kv_heads, head_dim),
+                             ('embed', 'kv_heads', 'head_dim'), **common)
+    self.v_proj = Projection('ble,ehd->blhd', (hidden_size, num_kv_heads, head_dim),
+                             ('embed', 'kv_heads', 'head_dim'), **common)
+    self.o_proj = Projection('blhd,hde->ble', (num_heads, head_dim, hidden_size),
+                             ('heads', 'head_dim', 'embed'), **common)
+    self.q_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
+    self.k_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
+
+  def project_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys (normed, rotated) and values [B, L, K, D] of the new tokens."""
+    keys = apply_rope(self.k_norm(self.k_proj(x)), cos, sin)
+    return keys, self.v_proj(x)
+
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+               past_kv: tuple[jax.Array, jax.Array] | None = None,
+               write_index: jax.Array | None = None,
+               ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """x [B, L, E] → ([B, L, E], (keys, values) attended over).
+
+    Without `past_kv` the keys/values are the L new ones and mask is [B, L, L]. With `past_kv`
+    (cache buffers [B, S, K, D]) the new ones are written at columns [write_index, +L) and
+    mask is [B, L, S].
+    """
+    queries = apply_rope(self.q_norm(self.q_proj(x)), cos, sin)
+    keys, values = self.project_kv(x, cos, sin)
+    if past_kv is not None:
+      keys = write_columns(past_kv[0], keys, write_index)
+      values = write_columns(past_kv[1], values, write_index)
+    attended = grouped_query_attention(queries, keys, values, mask)
+    return self.o_proj(attended), (keys, values)

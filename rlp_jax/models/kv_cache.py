@@ -1,0 +1,69 @@
+"""Decode cache for attention layers: an explicit pytree passed into and out of `forward`.
+
+Layout (S = max_len columns, shared by all rows):
+  keys, values: tuple over attention layers of [B, S, num_kv_heads, head_dim] in compute dtype
+                (keys are stored after q/k-norm and RoPE);
+  valid:        bool [B, S], True where a column holds a real token;
+  index:        int32 scalar, the next column to write (the same for every row).
+Writing L tokens fills columns [index, index + L) of every row and sets `valid` there from the
+token mask. Ragged prompts are LEFT padded (pad columns stay invalid) and carry explicit RoPE
+positions, so all rows decode at the same column. The caller keeps index + L <= S
+(`lax.dynamic_update_slice` clamps the start index, it does not raise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+
+@struct.dataclass
+class KVCache:
+  """Per-layer keys/values plus the shared column bookkeeping (see module docstring)."""
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+  valid: jax.Array
+  index: jax.Array
+
+  @property
+  def max_len(self) -> int:
+    return self.valid.shape[1]
+
+
+def empty_kv_cache(num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
+                   head_dim: int, dtype: Any) -> KVCache:
+  """All-zero cache with no valid column and index 0."""
+  shape = (batch_size, max_len, num_kv_heads, head_dim)
+  return KVCache(
+      keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+      values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+      valid=jnp.zeros((batch_size, max_len), jnp.bool_),
+      index=jnp.zeros((), jnp.int32),
+  )
+
+
+def write_columns(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes `new` [B, L, ...] into `buffer` [B, S, ...] at columns [index, index + L)."""
+  start = (jnp.zeros((), jnp.int32), index) + (jnp.zeros((), jnp.int32),) * (buffer.ndim - 2)
+  return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)
+
+
+def cached_attention_mask(valid: jax.Array, index: jax.Array, num_new: int) -> jax.Array:
+  """bool [B, num_new, S]: new token l sees column c iff valid[c] and c <= index + l.
+
+  `valid` must already include the new tokens' columns.
+  """
+  columns = jnp.arange(valid.shape[1], dtype=jnp.int32)
+  query_columns = index + jnp.arange(num_new, dtype=jnp.int32)
+  causal = columns[None, :] <= query_columns[:, None]
+  return valid[:, None, :] & causal[None, :, :]
+
+
+def causal_attention_mask(token_mask: jax.Array) -> jax.Array:
+  """bool [B, L, L] without a cache: query l sees key s iff s <= l and token_mask[s]."""
+  length = token_mask.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
+  return causal[None, :, :] & token_mask[:, None, :]

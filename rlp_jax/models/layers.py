@@ -1,0 +1,133 @@
+"""Shared parameter-holding layers: projections, embedding, RMSNorm, SwiGLU MLP and RoPE.
+
+Every parameter is an `nnx.Param` carrying its logical axis names as the custom metadata field
+`logical_axes` (not flax's `sharding_names`, which flax shards eagerly and which needs a mesh).
+Parameters are stored in `param_dtype`; every layer computes in `compute_dtype`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlp_jax.errors import ConfigError
+
+LogicalAxes = tuple[str, ...]
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def resolve_dtype(name: str, key: str) -> Any:
+  """Maps a config dtype name ('float32' | 'bfloat16') to a jnp dtype; `key` names the config key."""
+  if name not in _DTYPES:
+    raise ConfigError(f'{key} must be one of {sorted(_DTYPES)}, got {name!r}')
+  return _DTYPES[name]
+
+
+def logical_param(value: jax.Array, logical_axes: LogicalAxes) -> nnx.Param:
+  """Wraps `value` as a parameter annotated with one logical axis name per dimension."""
+  if len(logical_axes) != value.ndim:
+    raise ValueError(f'logical_axes {logical_axes} do not match the parameter shape {value.shape}')
+  return nnx.Param(value, logical_axes=tuple(logical_axes))
+
+
+def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: Any,
+                 logical_axes: LogicalAxes) -> nnx.Param:
+  """A parameter drawn from N(0, std^2) (sampled in fp32, stored in `dtype`)."""
+  value = std * jax.random.normal(rngs.params(), shape, jnp.float32)
+  return logical_param(value.astype(dtype), logical_axes)
+
+
+class Projection(nnx.Module):
+  """A bias-free linear map written as one einsum, e.g. 'ble,ehd->blhd' with kernel [E, H, D].
+
+  Inputs and kernel are cast to `compute_dtype`; the result has `output_dtype` (default: compute).
+  """
+
+  def __init__(self, einsum: str, kernel_shape: tuple[int, ...], logical_axes: LogicalAxes, *,
+               init_std: float, param_dtype: Any, compute_dtype: Any, rngs: nnx.Rngs,
+               output_dtype: Any | None = None):
+    self.einsum = einsum
+    self.compute_dtype = compute_dtype
+    self.output_dtype = compute_dtype if output_dtype is None else output_dtype
+    self.kernel = normal_param(rngs, kernel_shape, init_std, param_dtype, logical_axes)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.kernel[...].astype(self.compute_dtype)
+    return jnp.einsum(self.einsum, x.astype(self.compute_dtype), kernel,
+                      preferred_element_type=self.output_dtype)
+
+
+class Embedding(nnx.Module):
+  """Token embedding table [vocab, embed]; `attend` is the tied output head."""
+
+  def __init__(self, vocab_size: int, hidden_size: int, *, init_std: float, param_dtype: Any,
+               compute_dtype: Any, rngs: nnx.Rngs):
+    self.compute_dtype = compute_dtype
+    self.embedding = normal_param(rngs, (vocab_size, hidden_size), init_std, param_dtype,
+                                  ('vocab', 'embed'))
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Logits in fp32 against the embedding table (tied lm head)."""
+    table = self.embedding[...].astype(self.compute_dtype)
+    return jnp.einsum('ble,ve->blv', x.astype(self.compute_dtype), table,
+                      preferred_element_type=jnp.float32)
+
+
+class RMSNorm(nnx.Module):
+  """Qwen3 RMSNorm: normalise in fp32, cast back to the input dtype, then multiply by the scale."""
+
+  def __init__(self, dim: int, *, eps: float, param_dtype: Any):
+    self.eps = eps
+    self.scale = logical_param(jnp.ones((dim,), param_dtype), ('norm',))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(x.dtype)
+    return self.scale[...].astype(x.dtype) * normed
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(gate(x)) * up(x))."""
+
+  def __init__(self, hidden_size: int, intermediate_size: int, *, init_std: float,
+               param_dtype: Any, compute_dtype: Any, rngs: nnx.Rngs):
+    common = dict(init_std=init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.gate_proj = Projection('ble,em->blm', (hidden_size, intermediate_size),
+                                ('embed', 'mlp'), **common)
+    self.up_proj = Projection('ble,em->blm', (hidden_size, intermediate_size),
+                              ('embed', 'mlp'), **common)
+    self.down_proj = Projection('blm,me->ble', (intermediate_size, hidden_size),
+                                ('mlp', 'embed'), **common)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """cos/sin [B, L, head_dim] in fp32 for integer positions [B, L] (frequencies repeated twice)."""
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([freqs, freqs], axis=-1)
+  return jnp.cos(angles), jnp.sin(angles)
+
+
+def rotate_half(x: jax.Array) -> jax.Array:
+  """[x1, x2] -> [-x2, x1] over the last axis."""
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return jnp.concatenate([-x2, x1], axis=-1)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+  """Rotary embedding (half-split) of x [B, L, heads, head_dim]; computed in fp32, cast back."""
+  x32 = x.astype(jnp.float32)
+  cos, sin = cos[:, :, None, :], sin[:, :, None, :]
+  return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)

@@ -1,0 +1,94 @@
+"""The one public entry point to the models: config → module, params, pure forward, caches.
+
+Everything compiled is a pure function of (graphdef, params, inputs); `params` is the nested pure
+dict of arrays that `nnx.to_pure_dict` produces (list indices are int keys).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+from flax import nnx
+
+from rlp_jax.errors import ConfigError
+from rlp_jax.models.dense import DenseDecoder
+from rlp_jax.models.kv_cache import KVCache, empty_kv_cache
+from rlp_jax.models.layers import resolve_dtype
+
+Params = dict[str, Any]
+
+_FAMILIES: dict[str, Callable[[Any, nnx.Rngs], nnx.Module]] = {
+    'dense': DenseDecoder,
+}
+
+
+def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
+  """Instantiates the model named by `model_config.family` with fresh parameters."""
+  family = model_config.family
+  if family not in _FAMILIES:
+    raise ConfigError(f'model.family must be one of {sorted(_FAMILIES)}, got {family!r}')
+  return _FAMILIES[family](model_config, rngs)
+
+
+def init_params(model_config: Any, seed: int) -> tuple[nnx.GraphDef, Params]:
+  """(graphdef, params pure dict) of a freshly initialised model."""
+  model = build_model(model_config, nnx.Rngs(params=seed))
+  graphdef, state = nnx.split(model, nnx.Param)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def _abstract_state(model_config: Any) -> tuple[nnx.GraphDef, nnx.State]:
+  model = nnx.eval_shape(lambda: build_model(model_config, nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
+
+
+def abstract_params(model_config: Any) -> tuple[nnx.GraphDef, Params]:
+  """(graphdef, params of jax.ShapeDtypeStruct), without allocating any parameter."""
+  graphdef, state = _abstract_state(model_config)
+  return graphdef, nnx.to_pure_dict(state)
+
+
+def param_logical_axes(model_config: Any) -> Params:
+  """A pytree shaped like the params whose leaves are tuples of logical axis names.
+
+  Tuples are pytree nodes: map over it together with params using
+  `jax.tree.map(f, axes, params, is_leaf=lambda x: isinstance(x, tuple))`.
+  """
+  _, state = _abstract_state(model_config)
+  axes: Params = {}
+  for path, variable in state.flat_state():
+    node = axes
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = tuple(variable.get_metadata()['logical_axes'])
+  return axes
+
+
+def count_params(model_config: Any) -> int:
+  """Total number of parameter elements."""
+  _, params = abstract_params(model_config)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
+
+
+def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions: jax.Array,
+            token_mask: jax.Array | None = None, cache: KVCache | None = None,
+            ) -> tuple[jax.Array, KVCache | None]:
+  """Logits fp32 [B, L, V] and the updated cache (None without a cache). Pure; jit-able.
+
+  Without a cache: causal attention over the L tokens, keys with token_mask False masked out.
+  With a cache: the L tokens are written at columns [cache.index, cache.index + L) and attend to
+  valid cache columns up to their own (see kv_cache.py).
+  """
+  model = nnx.merge(graphdef, params)
+  return model(tokens, positions, token_mask, cache)
+
+
+def init_cache(model_config: Any, batch_size: int, max_len: int) -> KVCache:
+  """Empty decode cache (zeros, nothing valid, index 0) in the compute dtype."""
+  if model_config.family != 'dense':
+    raise ConfigError(f'model.family {model_config.family!r} has no decode cache')
+  dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
+  return empty_kv_cache(model_config.num_layers, batch_size, max_len, model_config.num_kv_heads,
+                        model_config.head_dim, dtype)

@@ -1,0 +1,83 @@
+"""Deterministic document batches: batch `p` of a run depends only on (documents, seed, p).
+
+The document stream is the concatenation of epochs, each a seeded permutation of the documents;
+batch p holds stream items [p*B, (p+1)*B) (a batch may straddle two epochs). Nothing depends on
+which batches were asked for before, so a resumed run only needs its step's position.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+
+from rlp_jax.data.tokenizer import Tokenizer
+from rlp_jax.errors import ConfigError
+
+
+class DocumentBatches:
+  """Batches of one document per row: [bos] + tokens + [eos], truncated, right-padded."""
+
+  def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, batch_size: int,
+               seq_len: int, seed: int, cache_size: int = 100_000):
+    if len(documents) == 0:
+      name = getattr(documents, 'description', 'the configured corpus')
+      raise ConfigError(f'data.corpus: {name} has no documents')
+    if batch_size < 1:
+      raise ConfigError(f'batch size must be >= 1, got {batch_size}')
+    if seq_len < 2:
+      raise ConfigError(f'sequence length must be >= 2, got {seq_len}')
+    self._documents = documents
+    self._tokenizer = tokenizer
+    self.batch_size = batch_size
+    self.seq_len = seq_len
+    self.seed = seed
+    self._cache_size = cache_size
+    self._rows: OrderedDict[int, np.ndarray] = OrderedDict()
+    self._permutations: OrderedDict[int, np.ndarray] = OrderedDict()
+
+  @property
+  def num_documents(self) -> int:
+    return len(self._documents)
+
+  def epoch_permutation(self, epoch: int) -> np.ndarray:
+    """The document order of `epoch`."""
+    if epoch not in self._permutations:
+      rng = np.random.default_rng([self.seed, epoch])
+      self._permutations[epoch] = rng.permutation(self.num_documents)
+      if len(self._permutations) > 4:
+        self._permutations.popitem(last=False)
+    return self._permutations[epoch]
+
+  def document_indices(self, position: int) -> np.ndarray:
+    """Indices of the documents in batch `position` (one per row)."""
+    if position < 0:
+      raise ValueError(f'batch position must be >= 0, got {position}')
+    n = self.num_documents
+    stream = np.arange(position * self.batch_size, (position + 1) * self.batch_size)
+    return np.array([self.epoch_permutation(int(s) // n)[int(s) % n] for s in stream])
+
+  def document_tokens(self, index: int) -> np.ndarray:
+    """[bos] + encode(document) + [eos] of document `index`, cut to seq_len (cached)."""
+    row = self._rows.get(index)
+    if row is None:
+      tok = self._tokenizer
+      ids = [tok.bos_id] + tok.encode(self._documents[index]) + [tok.eos_id]
+      row = np.asarray(ids[:self.seq_len], dtype=np.int32)
+      self._rows[index] = row
+      if len(self._rows) > self._cache_size:
+        self._rows.popitem(last=False)
+    else:
+      self._rows.move_to_end(index)
+    return row
+
+  def batch(self, position: int) -> dict[str, np.ndarray]:
+    """tokens int32[B, L] (pad_id after eos) and mask bool[B, L] (True on bos..eos)."""
+    tokens = np.full((self.batch_size, self.seq_len), self._tokenizer.pad_id, dtype=np.int32)
+    mask = np.zeros((self.batch_size, self.seq_len), dtype=np.bool_)
+    for row, index in enumerate(self.document_indices(position)):
+      ids = self.document_tokens(int(index))
+      tokens[row, :len(ids)] = ids
+      mask[row, :len(ids)] = True
+    return {'tokens': tokens, 'mask': mask}

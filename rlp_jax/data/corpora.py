@@ -1,0 +1,102 @@
+"""The configured corpus as a random-access sequence of document strings.
+
+`load_documents(data_config)` builds the corpus's TFDS dataset under the data directory on first
+use and reads it back (array_record, no TensorFlow) afterwards. tensorflow_datasets is imported only
+when a corpus is actually built or read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+import os
+from typing import Any, overload
+
+from rlp_jax.errors import ConfigError
+
+CORPORA = ('reasoning', 'local_text')
+SPLITS = ('train', 'validation')
+DATA_DIR_ENV = 'RLP_JAX_DATA_DIR'
+DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'rlp_jax', 'data')
+
+
+def _field(config: Any, key: str, default: Any) -> Any:
+  return getattr(config, key, default)
+
+
+def resolve_data_dir(data_config: Any) -> str:
+  """data.data_dir, else $RLP_JAX_DATA_DIR, else ~/.cache/rlp_jax/data (absolute)."""
+  data_dir = _field(data_config, 'data_dir', '') or os.environ.get(DATA_DIR_ENV, '')
+  return os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
+
+
+def corpus_builder(data_config: Any):
+  """The TFDS builder of the configured corpus (nothing is built yet)."""
+  from rlp_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
+  corpus = _field(data_config, 'corpus', 'reasoning')
+  data_dir = resolve_data_dir(data_config)
+  if corpus == 'reasoning':
+    config = tfds_builders.reasoning_corpus_config(
+        _field(data_config, 'num_documents', 0), _field(data_config, 'corpus_seed', 0))
+    return tfds_builders.ReasoningCorpus(config=config, data_dir=data_dir)
+  if corpus == 'local_text':
+    config = tfds_builders.local_text_config(
+        _field(data_config, 'files', ''), _field(data_config, 'text_field', 'text'))
+    return tfds_builders.LocalText(config=config, data_dir=data_dir)
+  raise ConfigError(f"data.corpus must be one of {', '.join(CORPORA)}, got {corpus!r}")
+
+
+def corpus_identity(data_config: Any) -> str:
+  """A short name that changes whenever the corpus contents would (e.g. for cache names)."""
+  builder = corpus_builder(data_config)
+  return f'{builder.name}-{builder.builder_config.name}-{builder.version}'
+
+
+def _text(record: dict[str, Any]) -> str:
+  text = record['text']
+  return text.decode('utf-8') if isinstance(text, bytes) else str(text)
+
+
+class TextSource(Sequence[str]):
+  """Random access to the documents of one split, decoded to str."""
+
+  def __init__(self, data_source: Any, description: str):
+    self._data_source = data_source
+    self.description = description
+
+  def __len__(self) -> int:
+    return len(self._data_source)
+
+  @overload
+  def __getitem__(self, index: int) -> str: ...
+
+  @overload
+  def __getitem__(self, index: slice) -> list[str]: ...
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return [self[i] for i in range(*index.indices(len(self)))]
+    n = len(self)
+    if not -n <= index < n:
+      raise IndexError(f'document {index} out of range for {self.description} ({n} documents)')
+    return _text(self._data_source[index % n])
+
+  def __iter__(self) -> Iterator[str]:
+    """All documents in order, read in chunks (much faster than one by one)."""
+    n, chunk = len(self), 1024
+    for start in range(0, n, chunk):
+      for record in self._data_source.__getitems__(range(start, min(start + chunk, n))):
+        yield _text(record)
+
+  def __repr__(self) -> str:
+    return f'TextSource({self.description}, {len(self)} documents)'
+
+
+def load_documents(data_config: Any, split: str = 'train') -> Sequence[str]:
+  """The documents of `split` of the configured corpus, built under the data dir on first use."""
+  if split not in SPLITS:
+    raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+  builder = corpus_builder(data_config)
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  return TextSource(builder.as_data_source(split=split),
+                    f'{builder.name}/{builder.builder_config.name}[{split}]')

@@ -1,0 +1,212 @@
+"""A seeded generator of small reasoning documents (arithmetic, word problems, algebra).
+
+Each document holds 1-4 problems. A document is either *worked* (each problem shows its steps,
+"Let's work it out: 12 + 7 = 19. 19 * 3 = 57.", before "Answer: 57.") or *answer-only* (question
+then answer), so a model that thinks before the answer can predict the answer tokens better.
+Every step and answer is arithmetically correct; the same (seed, index) always gives the same text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+import dataclasses
+
+import numpy as np
+
+from rlp_jax.errors import ConfigError
+
+WORK_INTRO = "Let's work it out:"
+ANSWER_PREFIX = 'Answer:'
+MAX_DOCUMENT_CHARS = 400
+
+_NAMES = ('Mia', 'Tom', 'Ava', 'Leo', 'Sara', 'Omar', 'Lina', 'Ben', 'Nora', 'Ivan', 'Priya', 'Kai')
+_FRUITS = ('apples', 'pears', 'oranges', 'plums', 'lemons', 'peaches')
+_ITEMS = (('pen', 'pens'), ('notebook', 'notebooks'), ('cup', 'cups'), ('ticket', 'tickets'),
+          ('book', 'books'), ('ball', 'balls'))
+_OPS = {'+': lambda a, b: a + b, '-': lambda a, b: a - b, '*': lambda a, b: a * b,
+        '/': lambda a, b: a // b}
+
+
+class _Draws:
+  """Cheap integer draws from a numpy Generator (uniforms drawn in blocks)."""
+
+  def __init__(self, rng: np.random.Generator):
+    self._rng = rng
+    self._block = rng.random(64)
+    self._next = 0
+
+  def uniform(self) -> float:
+    if self._next == len(self._block):
+      self._block = self._rng.random(64)
+      self._next = 0
+    self._next += 1
+    return float(self._block[self._next - 1])
+
+  def int(self, low: int, high: int) -> int:
+    """An integer in [low, high] (inclusive)."""
+    return low + min(int(self.uniform() * (high - low + 1)), high - low)
+
+  def pick(self, options):
+    return options[self.int(0, len(options) - 1)]
+
+
+@dataclasses.dataclass
+class Problem:
+  """One problem: the question, its worked steps ("a op b = c") and the answer text."""
+  question: str
+  steps: list[str]
+  answer: str
+
+
+def _step(a: int, op: str, b: int, steps: list[str]) -> int:
+  c = _OPS[op](a, b)
+  steps.append(f'{a} {op} {b} = {c}')
+  return c
+
+
+def _arithmetic(d: _Draws) -> Problem:
+  """A left-to-right chain of 2-4 operations, parenthesised where precedence needs it."""
+  value = d.int(2, 60)
+  expr, top_op, steps = str(value), None, []
+  for _ in range(d.int(1, 3)):
+    op = d.pick(('+', '-', '*', '/'))
+    divisors = [k for k in range(2, 10) if value % k == 0 and value // k > 1]
+    if op == '/' and not divisors:
+      op = '+'
+    if op == '*' and value > 150:
+      op = '-'
+    if op == '+':
+      b = d.int(1, 50)
+    elif op == '-':
+      b = d.int(0, value)
+    elif op == '*':
+      b = d.int(2, 9)
+    else:
+      b = d.pick(divisors)
+    if op in ('*', '/') and top_op in ('+', '-'):
+      expr = f'({expr})'
+    expr = f'{expr} {op} {b}'
+    top_op = op
+    value = _step(value, op, b, steps)
+  question = d.pick(('What is {e}?', 'Compute {e}.', 'Evaluate {e}.')).format(e=expr)
+  return Problem(question, steps, str(value))
+
+
+def _fruit(d: _Draws) -> Problem:
+  name, friend = d.pick(_NAMES), d.pick(_NAMES)
+  while friend == name:
+    friend = d.pick(_NAMES)
+  fruit = d.pick(_FRUITS)
+  have, bought = d.int(3, 40), d.int(2, 30)
+  given = d.int(1, have + bought)
+  steps = []
+  total = _step(have, '+', bought, steps)
+  left = _step(total, '-', given, steps)
+  question = (f'{name} has {have} {fruit}. {name} buys {bought} more and gives {given} to '
+              f'{friend}. How many {fruit} does {name} have now?')
+  return Problem(question, steps, f'{left} {fruit}')
+
+
+def _train(d: _Draws) -> Problem:
+  speed, hours = 10 * d.int(3, 15), d.int(2, 6)
+  steps = []
+  if d.uniform() < 0.5:
+    distance = _step(speed, '*', hours, steps)
+    question = f'A train travels at {speed} km per hour for {hours} hours. How far does it go?'
+    return Problem(question, steps, f'{distance} km')
+  distance = speed * hours
+  time = _step(distance, '/', speed, steps)
+  question = (f'A train covers {distance} km at {speed} km per hour. '
+              'How many hours does the trip take?')
+  return Problem(question, steps, f'{time} hours')
+
+
+def _prices(d: _Draws) -> Problem:
+  (a, a_plural), (b, b_plural) = d.pick(_ITEMS), d.pick(_ITEMS)
+  while b == a:
+    b, b_plural = d.pick(_ITEMS)
+  price_a, price_b, n_a, n_b = d.int(1, 12), d.int(1, 12), d.int(2, 9), d.int(2, 9)
+  steps = []
+  cost_a = _step(n_a, '*', price_a, steps)
+  cost_b = _step(n_b, '*', price_b, steps)
+  total = _step(cost_a, '+', cost_b, steps)
+  question = (f'A {a} costs {price_a} dollars and a {b} costs {price_b} dollars. '
+              f'How much do {n_a} {a_plural} and {n_b} {b_plural} cost?')
+  return Problem(question, steps, f'{total} dollars')
+
+
+def _ages(d: _Draws) -> Problem:
+  name = d.pick(_NAMES)
+  age, times, years = d.int(3, 15), d.int(2, 5), d.int(1, 20)
+  relative = d.pick(('mother', 'father', 'aunt', 'uncle'))
+  steps = []
+  now = _step(age, '*', times, steps)
+  later = _step(now, '+', years, steps)
+  question = (f"{name} is {age} years old. {name}'s {relative} is {times} times as old. "
+              f'How old will the {relative} be in {years} years?')
+  return Problem(question, steps, f'{later} years')
+
+
+def _comparison(d: _Draws) -> Problem:
+  a, b, c, e = d.int(2, 12), d.int(2, 30), d.int(2, 12), d.int(2, 30)
+  steps = []
+  left = _step(a, '*', b, steps)
+  right = _step(c, '*', e, steps)
+  if left == right:
+    return Problem(f'Is {a} * {b} equal to {c} * {e}?', steps, 'yes')
+  larger = f'{a} * {b}' if left > right else f'{c} * {e}'
+  steps.append(f'{max(left, right)} > {min(left, right)}')
+  return Problem(f'Which is larger, {a} * {b} or {c} * {e}?', steps, larger)
+
+
+def _algebra(d: _Draws) -> Problem:
+  """Solve a*x + b = c (or a*x - b = c) for a positive integer x."""
+  a, x = d.int(2, 9), d.int(1, 20)
+  steps = []
+  if d.uniform() < 0.5:
+    b = d.int(1, 30)
+    c = a * x + b
+    question = f'Solve for x: {a}x + {b} = {c}.'
+    rest = _step(c, '-', b, steps)
+  else:
+    b = d.int(1, min(30, a * x - 1))  # keeps c positive
+    c = a * x - b
+    question = f'Solve for x: {a}x - {b} = {c}.'
+    rest = _step(c, '+', b, steps)
+  _step(rest, '/', a, steps)
+  return Problem(question, steps, f'x = {x}')
+
+
+PROBLEM_KINDS: tuple[Callable[[_Draws], Problem], ...] = (
+    _arithmetic, _arithmetic, _fruit, _train, _prices, _ages, _comparison, _algebra)
+
+
+def _render(problem: Problem, worked: bool) -> str:
+  lines = [f'Question: {problem.question}']
+  if worked:
+    lines.append(f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps))
+  lines.append(f'{ANSWER_PREFIX} {problem.answer}.')
+  return '\n'.join(lines)
+
+
+def reasoning_document(index: int, seed: int) -> str:
+  """The document at `index` of the corpus with `seed` (deterministic across runs)."""
+  if seed < 0:
+    raise ConfigError(f'data.corpus_seed must be >= 0, got {seed}')
+  if index < 0:
+    raise ValueError(f'document index must be >= 0, got {index}')
+  d = _Draws(np.random.default_rng([seed, index]))
+  worked = d.uniform() < 0.5
+  parts: list[str] = []
+  for _ in range(d.int(1, 4)):
+    part = _render(d.pick(PROBLEM_KINDS)(d), worked)
+    if parts and sum(len(p) + 2 for p in parts) + len(part) > MAX_DOCUMENT_CHARS:
+      break
+    parts.append(part)
+  return '\n\n'.join(parts)
+
+
+def generate_documents(num_documents: int, seed: int) -> Iterator[str]:
+  """Documents 0..num_documents-1 of the corpus with `seed`."""
+  for index in range(num_documents):
+    yield reasoning_document(index, seed)

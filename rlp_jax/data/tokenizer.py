@@ -1,0 +1,212 @@
+"""Tokenizers: the protocol the rest of rlp_jax uses, and its SentencePiece implementation.
+
+Every tokenizer has single ids for `<think>` and `</think>` (the thought delimiters of RLP) and
+explicit pad/bos/eos ids. `build_tokenizer` loads a model file, or trains one on the configured
+corpus at first use and caches it under `<data_dir>/tokenizers/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+import io
+import os
+import tempfile
+from typing import Any, Protocol, runtime_checkable
+
+import sentencepiece as spm
+
+from rlp_jax.errors import ConfigError, DataError
+
+THINK_START = '<think>'
+THINK_END = '</think>'
+NEWLINE = '\n'
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+TOKENIZER_KINDS = ('sentencepiece',)
+# Byte fallback needs 256 byte pieces; smaller vocabularies train without it (unseen characters
+# then decode as unk).
+BYTE_FALLBACK_MIN_VOCAB = 384
+# Lines longer than this are cut into chunks for training (sentencepiece skips long sentences).
+_MAX_TRAINING_CHARS = 1000
+_MAX_TRAINING_SENTENCES = 2_000_000
+# Part of cached model names: bump when the training settings change.
+TRAINING_RECIPE = 1
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+  """What the framework needs from a tokenizer (SentencePiece now, HF tokenizer.json later)."""
+
+  @property
+  def vocab_size(self) -> int: ...
+
+  @property
+  def pad_id(self) -> int: ...
+
+  @property
+  def bos_id(self) -> int: ...
+
+  @property
+  def eos_id(self) -> int: ...
+
+  @property
+  def think_start_id(self) -> int: ...
+
+  @property
+  def think_end_id(self) -> int: ...
+
+  def encode(self, text: str) -> list[int]:
+    """Token ids of `text`, without bos/eos."""
+
+  def decode(self, ids: Sequence[int]) -> str:
+    """Text of `ids`; think ids render as <think> / </think>, pad/bos/eos are dropped."""
+
+
+class SentencePieceTokenizer:
+  """A SentencePiece model with <think> / </think> user-defined symbols and pad/bos/eos ids."""
+
+  def __init__(self, model_path: str | None = None, *, model_proto: bytes | None = None):
+    where = model_path or '<in-memory model>'
+    self._sp = spm.SentencePieceProcessor()
+    try:
+      if model_proto is not None:
+        self._sp.load_from_serialized_proto(model_proto)
+      else:
+        self._sp.load(model_path)
+    except (OSError, RuntimeError) as e:
+      raise DataError(f'tokenizer.path: cannot load sentencepiece model {where}: {e}') from e
+    self.model_path = model_path
+    self._think_start_id = self._piece_id(THINK_START, where)
+    self._think_end_id = self._piece_id(THINK_END, where)
+    for name in ('pad', 'bos', 'eos'):
+      if getattr(self._sp, f'{name}_id')() < 0:
+        raise DataError(f'tokenizer.path: sentencepiece model {where} has no {name} id')
+    self._dropped = {self.pad_id, self.bos_id, self.eos_id}
+
+  def _piece_id(self, piece: str, where: str) -> int:
+    piece_id = self._sp.piece_to_id(piece)
+    if piece_id == self._sp.unk_id() or self._sp.id_to_piece(piece_id) != piece:
+      raise DataError(f'tokenizer.path: sentencepiece model {where} has no {piece} symbol')
+    return piece_id
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  @property
+  def pad_id(self) -> int:
+    return self._sp.pad_id()
+
+  @property
+  def bos_id(self) -> int:
+    return self._sp.bos_id()
+
+  @property
+  def eos_id(self) -> int:
+    return self._sp.eos_id()
+
+  @property
+  def think_start_id(self) -> int:
+    return self._think_start_id
+
+  @property
+  def think_end_id(self) -> int:
+    return self._think_end_id
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text, out_type=int)
+
+  def decode(self, ids: Sequence[int]) -> str:
+    return self._sp.decode([int(i) for i in ids if int(i) not in self._dropped])
+
+  def __repr__(self) -> str:
+    return f'SentencePieceTokenizer({self.model_path!r}, vocab_size={self.vocab_size})'
+
+
+def _training_sentences(documents: Iterable[str]) -> Iterator[str]:
+  """Non-empty lines of the documents, cut to sentencepiece's sentence length limit."""
+  count = 0
+  for document in documents:
+    for line in document.splitlines():
+      for start in range(0, len(line), _MAX_TRAINING_CHARS):
+        if count == _MAX_TRAINING_SENTENCES:
+          return
+        count += 1
+        yield line[start:start + _MAX_TRAINING_CHARS]
+
+
+def train_sentencepiece_proto(documents: Iterable[str], vocab_size: int,
+                              model_type: str = 'bpe') -> bytes:
+  """A serialized SentencePiece model trained on `documents` (deterministic for the same input).
+
+  From BYTE_FALLBACK_MIN_VOCAB pieces on, byte fallback makes every text round-trip. `vocab_size`
+  is an upper bound (a small corpus may give fewer pieces). Digits are split one per token and a
+  newline is its own symbol.
+  """
+  spm.set_random_generator_seed(0)
+  byte_fallback = vocab_size >= BYTE_FALLBACK_MIN_VOCAB
+  writer = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=_training_sentences(documents), model_writer=writer,
+        vocab_size=vocab_size, hard_vocab_limit=False, model_type=model_type,
+        character_coverage=1.0, byte_fallback=byte_fallback, split_digits=True,
+        pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID,
+        user_defined_symbols=[THINK_START, THINK_END, NEWLINE],
+        normalization_rule_name='identity', remove_extra_whitespaces=False,
+        add_dummy_prefix=False, allow_whitespace_only_pieces=True,
+        input_sentence_size=0, shuffle_input_sentence=False, num_threads=1, minloglevel=2)
+  except RuntimeError as e:
+    raise ConfigError(f'tokenizer.vocab_size={vocab_size}: sentencepiece training failed: '
+                      f'{str(e).splitlines()[0]}') from e
+  return writer.getvalue()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  directory = os.path.dirname(path) or '.'
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+    os.replace(tmp_path, path)
+  except BaseException:
+    if os.path.exists(tmp_path):
+      os.unlink(tmp_path)
+    raise
+
+
+def train_sentencepiece(documents: Iterable[str], vocab_size: int, model_prefix: str,
+                        model_type: str = 'bpe') -> SentencePieceTokenizer:
+  """Trains on `documents`, writes `<model_prefix>.model` atomically and loads it."""
+  path = model_prefix + '.model'
+  _write_atomically(path, train_sentencepiece_proto(documents, vocab_size, model_type))
+  return SentencePieceTokenizer(path)
+
+
+def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
+  """Where the tokenizer trained on the configured corpus is cached."""
+  from rlp_jax.data import corpora  # pylint: disable=import-outside-toplevel
+  identity = corpora.corpus_identity(data_config)
+  name = f'sp{TRAINING_RECIPE}_bpe_v{tokenizer_config.vocab_size}_{identity}'
+  return os.path.join(corpora.resolve_data_dir(data_config), 'tokenizers', name)
+
+
+def build_tokenizer(tokenizer_config: Any, data_config: Any) -> Tokenizer:
+  """Loads tokenizer.path, or trains on the corpus's train split at first use and caches it."""
+  kind = getattr(tokenizer_config, 'kind', 'sentencepiece')
+  if kind not in TOKENIZER_KINDS:
+    raise ConfigError(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {kind!r}")
+  path = getattr(tokenizer_config, 'path', '')
+  if path:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+      raise DataError(f'tokenizer.path: no such file {path}')
+    return SentencePieceTokenizer(path)
+  vocab_size = getattr(tokenizer_config, 'vocab_size', None)
+  if not isinstance(vocab_size, int) or vocab_size < 1:
+    raise ConfigError(f'tokenizer.vocab_size must be an int > 0, got {vocab_size!r}')
+  prefix = cached_tokenizer_path(tokenizer_config, data_config)
+  if os.path.isfile(prefix + '.model'):
+    return SentencePieceTokenizer(prefix + '.model')
+  from rlp_jax.data import corpora  # pylint: disable=import-outside-toplevel
+  return train_sentencepiece(corpora.load_documents(data_config, 'train'), vocab_size, prefix)

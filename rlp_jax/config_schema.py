@@ -15,11 +15,17 @@ from rlp_jax.errors import ConfigError
 _DTYPES = ('float32', 'bfloat16')
 
 
+def _group(values: dict[str, Any]) -> ml_collections.ConfigDict:
+  # Not type-safe: a config file that assigns a wrong type reaches validate_config, which names
+  # the full dotted key (ConfigDict's own error names only the leaf).
+  return ml_collections.ConfigDict(values, type_safe=False)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """All keys with their defaults (the tiny CPU model, next-token training)."""
-  config = ml_collections.ConfigDict()
+  config = ml_collections.ConfigDict(type_safe=False)
   config.seed = 0
-  config.data = ml_collections.ConfigDict(dict(
+  config.data = _group(dict(
       corpus='reasoning',  # 'reasoning' (embedded generator) | 'local_text' (data.files)
       data_dir='',  # '' → $RLP_JAX_DATA_DIR or ~/.cache/rlp_jax/data
       num_documents=20000,  # size of the embedded reasoning corpus
@@ -29,12 +35,12 @@ def base_config() -> ml_collections.ConfigDict:
       seq_len=128,  # tokens per document row (truncated / padded)
       batch_size=16,  # documents per step
   ))
-  config.tokenizer = ml_collections.ConfigDict(dict(
+  config.tokenizer = _group(dict(
       kind='sentencepiece',
       path='',  # '' → trained on the corpus at first use and cached under data_dir
       vocab_size=512,
   ))
-  config.model = ml_collections.ConfigDict(dict(
+  config.model = _group(dict(
       family='dense',
       vocab_size=512,  # ≥ tokenizer vocab size
       hidden_size=128,
@@ -50,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
       compute_dtype='float32',
       init_std=0.02,
   ))
-  config.optimizer = ml_collections.ConfigDict(dict(
+  config.optimizer = _group(dict(
       learning_rate=3e-3,
       schedule='cosine',  # 'cosine' | 'constant' (both after linear warmup)
       warmup_steps=20,
@@ -61,7 +67,22 @@ def base_config() -> ml_collections.ConfigDict:
       eps=1e-8,
       grad_clip_norm=1.0,
   ))
-  config.train = ml_collections.ConfigDict(dict(
+  config.rlp = _group(dict(
+      enabled=True,  # False: plain next-token pretraining
+      positions_per_document=2,  # K scored positions per document
+      thoughts_per_position=4,  # G thoughts per position (the advantage group)
+      max_thought_tokens=16,  # T: `</think>` is forced after T sampled tokens
+      min_context=8,  # tokens of history required before a scored position
+      sample_temperature=0.7,  # 0 samples greedily
+      ema_decay=0.999,  # τ of the no-think teacher φ ← τ φ + (1 − τ) θ
+      epsilon_low=0.2,  # clip band of the importance ratio: [1 − ε_low, 1 + ε_high]
+      epsilon_high=0.2,
+      ntp_weight=1.0,  # weight of the next-token loss in the combined update (paper: 0)
+      kl_weight=0.0,  # weight of KL(θ‖φ) on thought tokens (paper: 0)
+      updates_per_rollout=1,  # optimizer steps taken on one rollout batch
+      advantage_estimator='group',  # see rlp_jax.objective.advantage
+  ))
+  config.train = _group(dict(
       num_steps=200,
       log_every=1,
       checkpoint_every=50,
@@ -78,10 +99,12 @@ _POSITIVE = (
     'model.num_heads', 'model.num_kv_heads', 'model.head_dim', 'model.rope_theta',
     'model.norm_eps', 'model.init_std', 'optimizer.learning_rate', 'optimizer.eps',
     'optimizer.grad_clip_norm', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
-    'train.keep_checkpoints',
+    'train.keep_checkpoints', 'rlp.positions_per_document', 'rlp.max_thought_tokens',
+    'rlp.min_context', 'rlp.updates_per_rollout',
 )
 _NON_NEGATIVE = ('seed', 'data.corpus_seed', 'optimizer.warmup_steps', 'optimizer.weight_decay',
-                 'optimizer.final_lr_fraction')
+                 'optimizer.final_lr_fraction', 'rlp.sample_temperature', 'rlp.epsilon_low',
+                 'rlp.epsilon_high', 'rlp.ntp_weight', 'rlp.kl_weight', 'rlp.ema_decay')
 _CHOICES = {
     'data.corpus': ('reasoning', 'local_text'),
     'tokenizer.kind': ('sentencepiece',),
@@ -155,6 +178,19 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
                       "`data.corpus` is 'local_text'")
   if data.seq_len < 2:
     raise ConfigError(f'config key `data.seq_len` must be >= 2, got {data.seq_len}')
+  rlp = config.rlp
+  if rlp.thoughts_per_position < 2:
+    raise ConfigError('config key `rlp.thoughts_per_position` must be >= 2 (the advantage compares '
+                      f'thoughts within a group), got {rlp.thoughts_per_position}')
+  if rlp.min_context >= data.seq_len:
+    raise ConfigError(f'config key `rlp.min_context` ({rlp.min_context}) must be < '
+                      f'`data.seq_len` ({data.seq_len})')
+  from rlp_jax.objective.advantage import get_advantage_estimator  # pylint: disable=import-outside-toplevel
+  get_advantage_estimator(rlp.advantage_estimator)  # unknown name → ConfigError naming the key
+  if rlp.ema_decay > 1:
+    raise ConfigError(f'config key `rlp.ema_decay` must be in [0, 1], got {rlp.ema_decay}')
+  if rlp.epsilon_low >= 1:
+    raise ConfigError(f'config key `rlp.epsilon_low` must be < 1, got {rlp.epsilon_low}')
   if config.optimizer.final_lr_fraction > 1:
     raise ConfigError('config key `optimizer.final_lr_fraction` must be <= 1, got '
                       f'{config.optimizer.final_lr_fraction}')

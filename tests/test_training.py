@@ -9,6 +9,13 @@ from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import read_metrics
 
 
+RLP_METRICS = (
+    'reward_mean', 'reward_std', 'reward_positive_fraction', 's_pred_mean', 's_ema_mean',
+    'thought_length_mean', 'thought_hit_limit_fraction', 'clip_fraction', 'approx_kl',
+    'ntp_loss', 'policy_loss', 'kl_to_teacher', 'total_loss', 'grad_norm', 'learning_rate',
+    'rollout_tokens_per_s', 'update_tokens_per_s', 'skipped_positions')
+
+
 def losses(workdir):
   return [(row['step'], row['ntp_loss']) for row in read_metrics(workdir)]
 
@@ -22,8 +29,12 @@ def test_short_tiny_run_lowers_the_loss(small_config, tmp_path):
   values = np.array([r['ntp_loss'] for r in rows])
   assert np.all(np.isfinite(values))
   assert values[-5:].mean() < values[:5].mean() - 1.0, values
-  for name in ('ntp_loss', 'grad_norm', 'learning_rate', 'update_tokens_per_s'):
-    assert name in rows[-1]
+  for row in rows:  # every DESIGN §1.10 metric, every step, finite
+    for name in RLP_METRICS:
+      assert name in row and np.isfinite(row[name]), (row['step'], name)
+  rewards = np.array([r['reward_mean'] for r in rows])
+  assert np.any(rewards != 0.0)
+  assert all(0.0 <= r['thought_hit_limit_fraction'] <= 1.0 for r in rows)
   assert int(result.state.step) == 40 and int(result.state.data_position) == 40
   assert os.listdir(result.tensorboard_dir), 'no TensorBoard event file written'
   assert any(name.startswith('events.out.tfevents') for name in os.listdir(result.tensorboard_dir))
@@ -61,18 +72,38 @@ def test_crash_after_checkpoint_replays_from_the_last_checkpoint(small_config, t
   assert losses(crashed) == expected
 
 
-def test_train_step_compiles_once(small_config, tmp_path, monkeypatch):
+def _record_compiled(monkeypatch, name):
   import rlp_jax.train.loop as loop  # pylint: disable=import-outside-toplevel
-  compiled = []
-  original = loop.make_train_step
+  made = []
+  original = getattr(loop, name)
 
-  def recording_make_train_step(*args, **kwargs):
-    step_fn = original(*args, **kwargs)
-    compiled.append(step_fn)
-    return step_fn
+  def recording(*args, **kwargs):
+    result = original(*args, **kwargs)
+    made.append(result)
+    return result
 
-  monkeypatch.setattr(loop, 'make_train_step', recording_make_train_step)
+  monkeypatch.setattr(loop, name, recording)
+  return made
+
+
+def test_rlp_rollout_and_update_compile_once(small_config, tmp_path, monkeypatch):
+  made = _record_compiled(monkeypatch, 'make_rlp_step')
+  small_config.train.num_steps = 5
+  small_config.rlp.updates_per_rollout = 2
+  result = train(small_config, str(tmp_path))
+  assert len(made) == 1
+  rollout_fn, update_fn = made[0]
+  assert rollout_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert update_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert int(result.state.step) == 10 and int(result.state.data_position) == 5
+
+
+def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):
+  made = _record_compiled(monkeypatch, 'make_train_step')
+  small_config.rlp.enabled = False
   small_config.train.num_steps = 6
-  train(small_config, str(tmp_path))
-  assert len(compiled) == 1
-  assert compiled[0]._cache_size() == 1  # pylint: disable=protected-access
+  result = train(small_config, str(tmp_path))
+  assert len(made) == 1
+  assert made[0]._cache_size() == 1  # pylint: disable=protected-access
+  assert result.state.teacher_params is None
+  assert int(result.state.data_position) == 6

@@ -3,6 +3,7 @@ run jitted steps with a progress bar, write metrics and checkpoints."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any
@@ -15,12 +16,13 @@ from tqdm import tqdm
 from rlp_jax.config_schema import validate_config
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
-from rlp_jax.data.tfds_builders import load_documents
+from rlp_jax.data.corpora import load_documents
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.metrics_writer import MetricsWriter
 from rlp_jax.train.optimizer import make_optimizer
+from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
 from rlp_jax.train.state import TrainState, create_train_state
 from rlp_jax.train.step import make_train_step
 
@@ -61,9 +63,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                             seed=config.seed)
 
   num_steps = config.train.num_steps
+  use_rlp = config.rlp.enabled
+  updates_per_batch = config.rlp.updates_per_rollout if use_rlp else 1
   graphdef, params = registry.init_params(config.model, config.seed)
-  tx, schedule = make_optimizer(config.optimizer, num_steps)
-  state = create_train_state(params, tx, config.seed)
+  tx, schedule = make_optimizer(config.optimizer, num_steps * updates_per_batch)
+  state = create_train_state(params, tx, config.seed, with_teacher=use_rlp)
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               every=config.train.checkpoint_every,
@@ -78,7 +82,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   _say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
        f'writing to {workdir}')
 
-  train_step = make_train_step(graphdef, tx, schedule)
+  if use_rlp:
+    special = SpecialTokens(think_start_id=tokenizer.think_start_id,
+                            think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
+    rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule)
+    train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch)
+  else:
+    train_step = _timed(make_train_step(graphdef, tx, schedule))
+  history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   position = int(state.data_position)
   step = first_step
@@ -87,16 +98,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   try:
     while step < last_step:
       batch = batches.batch(position)
-      start = time.perf_counter()
       state, metrics = train_step(state, batch)
-      metrics = jax.device_get(metrics)
-      seconds = time.perf_counter() - start
       step, position = step + 1, position + 1
-      metrics['update_tokens_per_s'] = float(np.sum(batch['mask'])) / seconds
+      history.append(metrics)
       if step % config.train.log_every == 0 or step == last_step:
         writer.write(step, metrics)
-      progress.set_postfix(loss=f"{float(metrics['ntp_loss']):.3f}",
-                           lr=f"{float(metrics['learning_rate']):.1e}", refresh=False)
+      progress.set_postfix(_progress_fields(metrics), refresh=False)
       progress.update(1)
       checkpointer.maybe_save(step, state, force=step == last_step)
   except KeyboardInterrupt:
@@ -109,9 +116,73 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
 
   _say(f'done at step {step}.')
+  for line in run_summary(history):
+    _say(line)
   _say(f'metrics:     {writer.jsonl_path}')
   _say(f'tensorboard: {writer.tensorboard_dir}')
   _say(f'checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})')
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
+
+
+def _timed(train_step):
+  """Next-token step with host-side throughput metrics."""
+
+  def step(state, batch):
+    start = time.perf_counter()
+    state, metrics = train_step(state, batch)
+    metrics = jax.device_get(metrics)
+    metrics['update_tokens_per_s'] = float(np.sum(batch['mask'])) / (time.perf_counter() - start)
+    return state, metrics
+
+  return step
+
+
+def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, state: TrainState,
+                    batch: dict[str, Any]) -> tuple[TrainState, dict[str, float]]:
+  """One rollout, then `updates_per_batch` updates on it; update metrics averaged over them."""
+  start = time.perf_counter()
+  state, rollout = rollout_fn(state, batch)
+  rollout_metrics = jax.device_get(rollout.metrics)
+  rollout_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  per_update = []
+  for _ in range(updates_per_batch):
+    state, update_metrics = update_fn(state, batch, rollout)
+    per_update.append(jax.device_get(update_metrics))
+  update_seconds = time.perf_counter() - start
+  metrics = {k: float(v) for k, v in rollout_metrics.items()}
+  for name in per_update[0]:
+    metrics[name] = float(np.mean([m[name] for m in per_update]))
+  metrics['clip_fraction_last_update'] = float(per_update[-1]['clip_fraction'])
+  metrics['rollout_tokens_per_s'] = metrics['thought_tokens'] / rollout_seconds
+  trained_tokens = metrics['thought_tokens'] + float(np.sum(batch['mask']))
+  metrics['update_tokens_per_s'] = trained_tokens * updates_per_batch / update_seconds
+  return state, metrics
+
+
+def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+  fields = {'ntp': f"{metrics['ntp_loss']:.3f}"}
+  if 'reward_mean' in metrics:
+    fields['gain'] = f"{metrics['reward_mean']:+.3f}"
+    fields['think'] = f"{metrics['thought_length_mean']:.1f}"
+    fields['clip'] = f"{metrics['clip_fraction']:.2f}"
+  fields['lr'] = f"{metrics['learning_rate']:.1e}"
+  return fields
+
+
+def run_summary(history: list[dict[str, float]]) -> list[str]:
+  """First steps vs last steps of this run, for the metrics that show what thinking buys."""
+  if not history:
+    return []
+  span = max(1, len(history) // 10)
+  names = [('reward_mean', 'information gain (nats)'),
+           ('thought_length_mean', 'thought length (tokens)'), ('ntp_loss', 'next-token loss')]
+  lines = [f'summary over {len(history)} steps (mean of first {span} vs last {span}):']
+  for key, label in names:
+    if key in history[0]:
+      first = float(np.mean([m[key] for m in history[:span]]))
+      last = float(np.mean([m[key] for m in history[-span:]]))
+      lines.append(f'  {label:<26} {first:9.4f} -> {last:9.4f}')
+  return lines

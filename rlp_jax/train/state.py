@@ -11,7 +11,8 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """θ, optimizer state, step, the training key and the data position (index of the next batch).
+  """θ, the EMA teacher φ (None without RLP), optimizer state, step, the training key and the data
+  position (index of the next batch).
 
   The key is stored as raw uint32 key data so that checkpoints hold plain arrays; `next_key`
   wraps it, splits it, and the step stores the new half back.
@@ -21,6 +22,7 @@ class TrainState:
   opt_state: optax.OptState
   rng: jax.Array  # uint32 key data
   data_position: jax.Array  # int32 scalar: index of the next batch to read
+  teacher_params: Any = None  # φ, same structure as params
 
   def next_key(self) -> tuple['TrainState', jax.Array]:
     """Splits the training key: returns the state with the advanced key and a fresh subkey."""
@@ -28,11 +30,14 @@ class TrainState:
     return self.replace(rng=jax.random.key_data(key)), sub
 
 
-def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int,
+                       with_teacher: bool = False) -> TrainState:
+  """Step 0; with a teacher, φ starts as a copy of θ."""
   return TrainState(
       step=jnp.zeros((), jnp.int32),
       params=params,
       opt_state=tx.init(params),
       rng=jax.random.key_data(jax.random.key(seed)),
       data_position=jnp.zeros((), jnp.int32),
+      teacher_params=jax.tree.map(jnp.copy, params) if with_teacher else None,
   )

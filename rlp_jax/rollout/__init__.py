@@ -1,0 +1,1 @@
+"""Thought rollouts: positions, sampling with a KV cache, reasoned evidence."""

@@ -1,0 +1,70 @@
+"""Teacher-forced scoring of thoughts: per-token thought log-probs and the reasoned evidence
+S_pred = log p(x_t | x_<t, <think> c </think>), in one forward over `prompt ‖ c </think> x_t`.
+
+The same function scores under θ_old at rollout time (no gradient) and under θ in the update
+(with gradient), so on the first update of a rollout the importance ratio is exactly 1 up to the
+decode-vs-forward rounding.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlp_jax.models import registry
+from rlp_jax.objective.log_probs import token_log_probs
+from rlp_jax.rollout.thought_sampler import Prompts, Thoughts
+
+
+@flax.struct.dataclass
+class ScoredSequences:
+  """`prompt ‖ thought region` rows: tokens/positions int32 [R, P + T + 2], mask bool.
+
+  The thought region (width T + 2) holds the sampled tokens, a forced `</think>` when the thought
+  hit the limit, then x_t at `closed_length`, then padding.
+  """
+  tokens: jax.Array
+  positions: jax.Array
+  mask: jax.Array
+  closed_length: jax.Array  # int32 [R]: thought tokens incl. `</think>` (forced or sampled)
+  prompt_length: int = flax.struct.field(pytree_node=False)
+
+
+def build_scored_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: int,
+                           pad_id: int) -> ScoredSequences:
+  rows, limit = thoughts.tokens.shape
+  u = jnp.arange(limit + 2)[None, :]
+  padded = jnp.pad(thoughts.tokens, ((0, 0), (0, 2)), constant_values=pad_id)
+  n = thoughts.length[:, None]
+  closed = jnp.where(thoughts.ended, thoughts.length, thoughts.length + 1)[:, None]
+  region = jnp.where(u < n, padded, pad_id)
+  region = jnp.where((u == n) & ~thoughts.ended[:, None], think_end_id, region)
+  region = jnp.where(u == closed, prompts.next_token[:, None], region)
+  region_positions = prompts.scored_position[:, None] + 1 + u
+  return ScoredSequences(
+      tokens=jnp.concatenate([prompts.tokens, region.astype(jnp.int32)], axis=1),
+      positions=jnp.concatenate([prompts.positions, region_positions.astype(jnp.int32)], axis=1),
+      mask=jnp.concatenate([prompts.mask, u <= closed], axis=1),
+      closed_length=closed[:, 0].astype(jnp.int32),
+      prompt_length=prompts.tokens.shape[1],
+  )
+
+
+def score_thoughts(graphdef: Any, params: Any, sequences: ScoredSequences, max_thought_tokens: int,
+                   temperature: float) -> tuple[jax.Array, jax.Array]:
+  """(thought log-probs float32 [R, T] at the sampling temperature, S_pred float32 [R])."""
+  logits, _ = registry.forward(graphdef, params, sequences.tokens, sequences.positions,
+                               sequences.mask)
+  start = sequences.prompt_length - 1  # the `<think>` column predicts the first thought token
+  region_logits = logits[:, start:start + max_thought_tokens + 2]  # predicts region[0..T+1]
+  region_tokens = sequences.tokens[:, start + 1:start + 1 + max_thought_tokens + 2]
+  thought_log_probs = token_log_probs(region_logits[:, :max_thought_tokens],
+                                      region_tokens[:, :max_thought_tokens],
+                                      temperature if temperature > 0 else 1.0)
+  closed = sequences.closed_length
+  answer_logits = jnp.take_along_axis(region_logits, closed[:, None, None], axis=1)[:, 0]
+  answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)[:, 0]
+  s_pred = token_log_probs(answer_logits, answer_token, 1.0)
+  return thought_log_probs, s_pred

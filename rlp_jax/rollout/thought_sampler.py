@@ -1,0 +1,110 @@
+"""Thought rollouts, naive prefix path: each rollout re-encodes its own document prefix.
+
+Row r of a rollout batch is (b, k, g) flattened as r = (b * K + k) * G + g. Its prompt is the
+document prefix x_<t followed by `<think>`, left-padded to the document length L so that every row
+decodes at the same cache column; RoPE positions count from the document start.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlp_jax.models import registry
+from rlp_jax.objective.log_probs import token_log_probs
+
+
+@flax.struct.dataclass
+class Prompts:
+  """Left-padded prompts `x_<t <think>`: tokens/positions int32 [R, P], mask bool [R, P]."""
+  tokens: jax.Array
+  positions: jax.Array
+  mask: jax.Array
+  scored_position: jax.Array  # int32 [R]: t, the position whose token the thought should predict
+  next_token: jax.Array  # int32 [R]: x_t
+
+
+@flax.struct.dataclass
+class Thoughts:
+  """Sampled thoughts; token u of row r is a policy action iff mask[r, u].
+
+  tokens int32 [R, T] (pad after the thought), log_probs float32 [R, T] under the sampling
+  distribution (0 where masked), mask bool [R, T], length int32 [R] (sampled tokens, `</think>`
+  included when sampled), ended bool [R] (sampled `</think>` before the limit T; otherwise
+  `</think>` is forced after the T tokens and is not an action).
+  """
+  tokens: jax.Array
+  log_probs: jax.Array
+  mask: jax.Array
+  length: jax.Array
+  ended: jax.Array
+
+
+def build_prompts(tokens: jax.Array, positions: jax.Array, group_size: int,
+                  think_start_id: int) -> Prompts:
+  """Prompts for every (document, position, thought): [B, L] documents, [B, K] positions."""
+  batch, length = tokens.shape
+  num_positions = positions.shape[1]
+  t = jnp.repeat(positions.reshape(-1), group_size)  # [R]
+  doc = jnp.repeat(jnp.arange(batch), num_positions * group_size)  # [R]
+  columns = jnp.arange(length)[None, :]
+  source = columns - (length - 1 - t[:, None])  # document index shown at each column
+  gathered = tokens[doc[:, None], jnp.clip(source, 0, length - 1)]
+  prompt_tokens = jnp.where(source == t[:, None], think_start_id, gathered)
+  mask = source >= 0
+  prompt_tokens = jnp.where(mask, prompt_tokens, 0).astype(jnp.int32)
+  return Prompts(tokens=prompt_tokens, positions=jnp.maximum(source, 0).astype(jnp.int32),
+                 mask=mask, scored_position=t.astype(jnp.int32),
+                 next_token=tokens[doc, t].astype(jnp.int32))
+
+
+def _pick(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(key, logits.astype(jnp.float32) / temperature).astype(jnp.int32)
+
+
+def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prompts,
+                    key: jax.Array, max_thought_tokens: int, temperature: float,
+                    think_end_id: int, pad_id: int) -> Thoughts:
+  """Samples up to T tokens per row after `<think>`, stopping a row at `</think>`.
+
+  Prefill once, then one cached decode step per token inside a `lax.while_loop` that also stops
+  when every row has ended: fixed shapes, compiled once. temperature 0 decodes greedily (its
+  recorded log-probs are then untempered).
+  """
+  rows, prompt_len = prompts.tokens.shape
+  limit = max_thought_tokens
+  cache = registry.init_cache(model_config, rows, prompt_len + limit)
+  logits, cache = registry.forward(graphdef, params, prompts.tokens, prompts.positions,
+                                   prompts.mask, cache)
+  logprob_temperature = temperature if temperature > 0 else 1.0
+
+  def body(carry):
+    u, cache, last_logits, done, key, out_tokens, out_logp, out_mask = carry
+    key, sub = jax.random.split(key)
+    token = _pick(sub, last_logits, temperature)
+    logp = token_log_probs(last_logits, token, logprob_temperature)
+    active = ~done
+    token = jnp.where(active, token, pad_id)
+    out_tokens = out_tokens.at[:, u].set(token)
+    out_logp = out_logp.at[:, u].set(jnp.where(active, logp, 0.0))
+    out_mask = out_mask.at[:, u].set(active)
+    done = done | (token == think_end_id)
+    step_positions = (prompts.scored_position + 1 + u)[:, None]
+    step_logits, cache = registry.forward(graphdef, params, token[:, None], step_positions,
+                                          active[:, None], cache)
+    return u + 1, cache, step_logits[:, -1], done, key, out_tokens, out_logp, out_mask
+
+  def cond(carry):
+    u, done = carry[0], carry[3]
+    return (u < limit) & ~jnp.all(done)
+
+  init = (jnp.zeros((), jnp.int32), cache, logits[:, -1], jnp.zeros((rows,), jnp.bool_), key,
+          jnp.full((rows, limit), pad_id, jnp.int32), jnp.zeros((rows, limit), jnp.float32),
+          jnp.zeros((rows, limit), jnp.bool_))
+  _, _, _, done, _, out_tokens, out_logp, out_mask = jax.lax.while_loop(cond, body, init)
+  return Thoughts(tokens=out_tokens, log_probs=out_logp, mask=out_mask,
+                  length=out_mask.sum(axis=1).astype(jnp.int32), ended=done)

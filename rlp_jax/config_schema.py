@@ -32,8 +32,8 @@ def base_config() -> ml_collections.ConfigDict:
       corpus_seed=0,
       files='',  # comma-separated .txt / .jsonl paths or globs for corpus='local_text'
       text_field='text',  # jsonl field holding the document text
-      seq_len=128,  # tokens per document row (truncated / padded)
-      batch_size=16,  # documents per step
+      seq_len=96,  # tokens per document row (truncated / padded)
+      batch_size=8,  # documents per step
   ))
   config.tokenizer = _group(dict(
       kind='sentencepiece',
@@ -71,10 +71,10 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=True,  # False: plain next-token pretraining
       positions_per_document=2,  # K scored positions per document
       thoughts_per_position=4,  # G thoughts per position (the advantage group)
-      max_thought_tokens=16,  # T: `</think>` is forced after T sampled tokens
+      max_thought_tokens=12,  # T: `</think>` is forced after T sampled tokens
       min_context=8,  # tokens of history required before a scored position
       sample_temperature=0.7,  # 0 samples greedily
-      ema_decay=0.999,  # τ of the no-think teacher φ ← τ φ + (1 − τ) θ
+      ema_decay=0.9,  # τ of the teacher φ ← τ φ + (1 − τ) θ (paper: 0.999, from a base model)
       epsilon_low=0.2,  # clip band of the importance ratio: [1 − ε_low, 1 + ε_high]
       epsilon_high=0.2,
       ntp_weight=1.0,  # weight of the next-token loss in the combined update (paper: 0)

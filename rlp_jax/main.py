@@ -10,6 +10,7 @@ import re
 import sys
 
 from absl import app
+from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
@@ -88,6 +89,7 @@ def _flags_parser(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+  logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every save at INFO
   app.run(main, flags_parser=_flags_parser)
 
 

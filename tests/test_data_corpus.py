@@ -12,7 +12,8 @@ import ml_collections
 import pytest
 
 from rlp_jax.data import corpora
-from rlp_jax.data.reasoning_corpus import ANSWER_PREFIX, WORK_INTRO, generate_documents
+from rlp_jax.data.reasoning_corpus import (ANSWER_PREFIX, WORK_INTRO, WORK_OUTRO,
+                                           generate_documents)
 from rlp_jax.data.reasoning_corpus import reasoning_document
 from rlp_jax.errors import ConfigError, DataError
 
@@ -69,18 +70,21 @@ _KINDS = [
 def _check_problem(block: str) -> tuple[bool, str]:
   """Asserts the answer (and any worked steps) of one problem; returns (worked, kind pattern)."""
   lines = block.split('\n')
-  assert lines[0].startswith('Question: ') and lines[-1].startswith(ANSWER_PREFIX + ' '), block
-  question, answer = lines[0][len('Question: '):], lines[-1][len(ANSWER_PREFIX) + 1:-1]
-  worked = len(lines) == 3
+  assert len(lines) == 2, block
+  assert lines[0].startswith('Question: ') and lines[1].startswith(ANSWER_PREFIX + ' '), block
+  question, answer = lines[0][len('Question: '):], lines[1][len(ANSWER_PREFIX) + 1:-1]
+  worked = answer.startswith(WORK_INTRO + ' ')
   assert not re.search(r'-\d', block), block  # numbers stay non-negative
   if worked:
-    assert lines[1].startswith(WORK_INTRO), block
-    steps = _STEP.findall(lines[1])
+    thought, _, answer = answer.partition(' ' + WORK_OUTRO)
+    assert answer and answer[0] != ' ', block  # the answer follows `</think>` directly
+    steps = _STEP.findall(thought)
     assert steps, block
     for a, op, b, c in steps:
       assert _evaluate(f'{a} {op} {b}') == int(c), block
-    for big, small in re.findall(r'(\d+) > (\d+)', lines[1]):
+    for big, small in re.findall(r'(\d+) > (\d+)', thought):
       assert int(big) > int(small), block
+  assert WORK_INTRO not in answer and WORK_OUTRO not in answer, block
   for pattern, check in _KINDS:
     match = re.search(pattern, question)
     if match:

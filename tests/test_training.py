@@ -17,7 +17,9 @@ RLP_METRICS = (
 
 
 def losses(workdir):
-  return [(row['step'], row['ntp_loss']) for row in read_metrics(workdir)]
+  """Per step: the next-token loss, the policy loss and the reward (which depends on φ)."""
+  return [(row['step'], row['ntp_loss'], row['policy_loss'], row['reward_mean'])
+          for row in read_metrics(workdir)]
 
 
 def test_short_tiny_run_lowers_the_loss(small_config, tmp_path):
@@ -47,7 +49,7 @@ def test_interrupted_then_resumed_run_reproduces_the_loss_sequence(small_config,
   uninterrupted = str(tmp_path / 'uninterrupted')
   train(small_config, uninterrupted)
   expected = losses(uninterrupted)
-  assert [s for s, _ in expected] == list(range(1, 9))
+  assert [row[0] for row in expected] == list(range(1, 9))
 
   resumed = str(tmp_path / 'resumed')
   first = train(small_config, resumed, stop_at_step=5)
@@ -96,6 +98,29 @@ def test_rlp_rollout_and_update_compile_once(small_config, tmp_path, monkeypatch
   assert rollout_fn._cache_size() == 1  # pylint: disable=protected-access
   assert update_fn._cache_size() == 1  # pylint: disable=protected-access
   assert int(result.state.step) == 10 and int(result.state.data_position) == 5
+  rows = read_metrics(str(tmp_path))
+  # The second update of each rollout sees θ ≠ θ_old: the ratio moves away from 1.
+  assert all(row['approx_kl'] > 0 and row['ratio_max'] > 1.0 for row in rows)
+
+
+def test_a_short_run_of_the_shipped_tiny_config(shared_data_dir, tmp_path):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
+                      'tiny.py')
+  spec = importlib.util.spec_from_file_location('tiny_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.data.data_dir = shared_data_dir
+  config.data.num_documents = 600  # a smaller corpus; model and objective as shipped
+  config.train.num_steps = 3
+  config.train.progress_bar = False
+  train(config, str(tmp_path))
+  rows = read_metrics(str(tmp_path))
+  assert [row['step'] for row in rows] == [1, 2, 3]
+  for row in rows:
+    for name in RLP_METRICS:
+      assert np.isfinite(row[name]), (row['step'], name)
 
 
 def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):

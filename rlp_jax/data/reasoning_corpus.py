@@ -1,8 +1,11 @@
 """A seeded generator of small reasoning documents (arithmetic, word problems, algebra).
 
-Each document holds 1-4 problems. A document is either *worked* (each problem shows its steps,
-"Let's work it out: 12 + 7 = 19. 19 * 3 = 57.", before "Answer: 57.") or *answer-only* (question
-then answer), so a model that thinks before the answer can predict the answer tokens better.
+Each document holds 1-4 problems. A document is either *worked* (each problem thinks through its
+steps right before the answer: "Answer: <think> 12 + 7 = 19. 19 * 3 = 57. </think>57.") or
+*answer-only* ("Answer: 57."), so a model that thinks before the answer can predict the answer
+tokens better. The worked documents teach the format RLP rollouts sample in — a thought inserted
+before the next token (`<think>` and `</think>` are single tokenizer symbols) — and the answer-only
+documents are where a rollout's thought can help.
 Every step and answer is arithmetically correct; the same (seed, index) always gives the same text.
 """
 
@@ -15,7 +18,8 @@ import numpy as np
 
 from rlp_jax.errors import ConfigError
 
-WORK_INTRO = "Let's work it out:"
+WORK_INTRO = '<think>'
+WORK_OUTRO = '</think>'
 ANSWER_PREFIX = 'Answer:'
 MAX_DOCUMENT_CHARS = 400
 
@@ -182,11 +186,10 @@ PROBLEM_KINDS: tuple[Callable[[_Draws], Problem], ...] = (
 
 
 def _render(problem: Problem, worked: bool) -> str:
-  lines = [f'Question: {problem.question}']
+  thought = ''
   if worked:
-    lines.append(f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps))
-  lines.append(f'{ANSWER_PREFIX} {problem.answer}.')
-  return '\n'.join(lines)
+    thought = f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps) + f' {WORK_OUTRO}'
+  return f'Question: {problem.question}\n{ANSWER_PREFIX} {thought}{problem.answer}.'
 
 
 def reasoning_document(index: int, seed: int) -> str:

@@ -56,8 +56,9 @@ class ReasoningCorpusConfig(tfds.core.BuilderConfig):
 class ReasoningCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Generated reasoning documents; the last ~2% form the validation split."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Arithmetic, word problems, comparisons and small algebra.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'Arithmetic, word problems, comparisons and small algebra.',
+                   '1.1.0': 'Worked steps are a <think> ... </think> thought before the answer.'}
 
   def __init__(self, *, num_documents: int | None = None, seed: int | None = None,
                config: ReasoningCorpusConfig | None = None, **kwargs):

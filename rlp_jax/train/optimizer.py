@@ -6,7 +6,11 @@ import optax
 
 
 def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `learning_rate`, then constant or cosine decay to the final fraction."""
+  """Linear warmup to `learning_rate`, then constant or cosine decay to the final fraction.
+
+  Evaluated at `count + 1`, so the first optimizer step already moves (lr / warmup_steps) and the
+  last of `num_steps` steps lands on the final value.
+  """
   warmup = min(opt.warmup_steps, num_steps)
   if opt.schedule == 'constant':
     after = optax.constant_schedule(opt.learning_rate)
@@ -14,9 +18,11 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, num_steps: int) -> op
     after = optax.cosine_decay_schedule(
         opt.learning_rate, decay_steps=max(num_steps - warmup, 1), alpha=opt.final_lr_fraction)
   if warmup == 0:
-    return after
-  ramp = optax.linear_schedule(0.0, opt.learning_rate, transition_steps=warmup)
-  return optax.join_schedules([ramp, after], boundaries=[warmup])
+    schedule = after
+  else:
+    ramp = optax.linear_schedule(0.0, opt.learning_rate, transition_steps=warmup)
+    schedule = optax.join_schedules([ramp, after], boundaries=[warmup])
+  return lambda count: schedule(count + 1)
 
 
 def make_optimizer(opt: ml_collections.ConfigDict,

@@ -9,5 +9,5 @@ from rlp_jax.config_schema import base_config
 
 def get_config():
   config = base_config()
-  config.train.num_steps = 150
+  config.train.num_steps = 120
   return config

@@ -36,12 +36,13 @@ def base_config() -> ml_collections.ConfigDict:
       batch_size=8,  # documents per step
   ))
   config.tokenizer = _group(dict(
-      kind='sentencepiece',
+      kind='sentencepiece',  # 'sentencepiece' | 'hf_json' (a Hugging Face tokenizer.json at path)
       path='',  # '' → trained on the corpus at first use and cached under data_dir
       vocab_size=512,
   ))
   config.model = _group(dict(
-      family='dense',
+      family='dense',  # 'dense' (Qwen3) | 'hybrid' (Nemotron-H: Mamba2 + attention + MLP)
+      init_from='',  # '' random init; a Hugging Face model dir or an rlp_jax checkpoint dir
       vocab_size=512,  # ≥ tokenizer vocab size
       hidden_size=128,
       intermediate_size=384,
@@ -55,6 +56,17 @@ def base_config() -> ml_collections.ConfigDict:
       param_dtype='float32',
       compute_dtype='float32',
       init_std=0.02,
+      # hybrid family only (ignored by 'dense'): one character per layer, M Mamba2, * attention,
+      # - MLP (squared ReLU); each layer is x + mixer(RMSNorm(x)); attention has no RoPE.
+      layer_pattern='',
+      mamba_num_heads=0,
+      mamba_head_dim=0,
+      ssm_state_size=0,
+      mamba_n_groups=1,
+      mamba_conv_kernel=4,
+      mamba_chunk_size=128,
+      mamba_dt_limit_min=0.0,  # dt = clamp(softplus(dt + dt_bias), min, max)
+      mamba_dt_limit_max=float('inf'),
   ))
   config.optimizer = _group(dict(
       learning_rate=3e-3,
@@ -71,7 +83,7 @@ def base_config() -> ml_collections.ConfigDict:
       enabled=True,  # False: plain next-token pretraining
       positions_per_document=2,  # K scored positions per document
       thoughts_per_position=4,  # G thoughts per position (the advantage group)
-      max_thought_tokens=12,  # T: `</think>` is forced after T sampled tokens
+      max_thought_tokens=24,  # T: `</think>` is forced after T sampled tokens
       min_context=8,  # tokens of history required before a scored position
       sample_temperature=0.7,  # 0 samples greedily
       ema_decay=0.9,  # τ of the teacher φ ← τ φ + (1 − τ) θ (paper: 0.999, from a base model)
@@ -107,8 +119,8 @@ _NON_NEGATIVE = ('seed', 'data.corpus_seed', 'optimizer.warmup_steps', 'optimize
                  'rlp.epsilon_high', 'rlp.ntp_weight', 'rlp.kl_weight', 'rlp.ema_decay')
 _CHOICES = {
     'data.corpus': ('reasoning', 'local_text'),
-    'tokenizer.kind': ('sentencepiece',),
-    'model.family': ('dense',),
+    'tokenizer.kind': ('sentencepiece', 'hf_json'),
+    'model.family': ('dense', 'hybrid'),
     'model.param_dtype': _DTYPES,
     'model.compute_dtype': _DTYPES,
     'optimizer.schedule': ('cosine', 'constant'),
@@ -178,6 +190,13 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
                       "`data.corpus` is 'local_text'")
   if data.seq_len < 2:
     raise ConfigError(f'config key `data.seq_len` must be >= 2, got {data.seq_len}')
+  if model.family == 'hybrid':
+    _validate_hybrid(model)
+  elif model.layer_pattern:
+    raise ConfigError("config key `model.layer_pattern` is only used by `model.family` 'hybrid'")
+  if config.tokenizer.kind == 'hf_json' and not config.tokenizer.path:
+    raise ConfigError("config key `tokenizer.path` must name a tokenizer.json when "
+                      "`tokenizer.kind` is 'hf_json'")
   rlp = config.rlp
   if rlp.thoughts_per_position < 2:
     raise ConfigError('config key `rlp.thoughts_per_position` must be >= 2 (the advantage compares '
@@ -194,3 +213,26 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.final_lr_fraction > 1:
     raise ConfigError('config key `optimizer.final_lr_fraction` must be <= 1, got '
                       f'{config.optimizer.final_lr_fraction}')
+
+
+def _validate_hybrid(model: ml_collections.ConfigDict) -> None:
+  pattern = model.layer_pattern
+  if not pattern or set(pattern) - set('M*-'):
+    raise ConfigError('config key `model.layer_pattern` must be a non-empty string of M (Mamba2), '
+                      f'* (attention) and - (MLP), got {pattern!r}')
+  if len(pattern) != model.num_layers:
+    raise ConfigError(f'config key `model.num_layers` ({model.num_layers}) must equal the length '
+                      f'of `model.layer_pattern` ({len(pattern)})')
+  if 'M' in pattern:
+    for key in ('mamba_num_heads', 'mamba_head_dim', 'ssm_state_size', 'mamba_n_groups',
+                'mamba_conv_kernel', 'mamba_chunk_size'):
+      if not model[key] > 0:
+        raise ConfigError(f'config key `model.{key}` must be > 0 when the layer pattern has '
+                          f'Mamba2 layers, got {model[key]!r}')
+    if model.mamba_num_heads % model.mamba_n_groups:
+      raise ConfigError(f'config key `model.mamba_n_groups` ({model.mamba_n_groups}) must divide '
+                        f'`model.mamba_num_heads` ({model.mamba_num_heads})')
+  if not 0 <= model.mamba_dt_limit_min <= model.mamba_dt_limit_max:
+    raise ConfigError('config keys `model.mamba_dt_limit_min` <= `model.mamba_dt_limit_max` must '
+                      f'hold with min >= 0, got {model.mamba_dt_limit_min}, '
+                      f'{model.mamba_dt_limit_max}')

@@ -1,4 +1,4 @@
-"""Qwen3 grouped-query self-attention with per-head q/k RMSNorm before RoPE."""
+"""Grouped-query self-attention: Qwen3 (q/k RMSNorm per head, then RoPE); Nemotron-H (neither)."""
 
 from __future__ import annotations
 
@@ -36,12 +36,20 @@ def grouped_query_attention(queries: jax.Array, keys: jax.Array, values: jax.Arr
   return out.reshape(batch, length, num_heads, head_dim)
 
 
+def _maybe_rope(x: jax.Array, cos: jax.Array | None, sin: jax.Array | None) -> jax.Array:
+  """RoPE when cos/sin are given; models without positional encoding pass None."""
+  return x if cos is None else apply_rope(x, cos, sin)
+
+
 class Attention(nnx.Module):
-  """q/k/v projections (no bias), q/k RMSNorm over head_dim, RoPE, GQA softmax, o_proj."""
+  """q/k/v projections (no bias), optional q/k RMSNorm over head_dim, optional RoPE, GQA, o_proj.
+
+  `qk_norm=False` builds no q_norm/k_norm parameters; cos/sin None applies no RoPE.
+  """
 
   def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                norm_eps: float, init_std: float, param_dtype: Any, compute_dtype: Any,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, qk_norm: bool = True):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}')
     common = dict(init_std=init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
@@ -54,15 +62,25 @@ class Attention(nnx.Module):
                              ('embed', 'kv_heads', 'head_dim'), **common)
     self.o_proj = Projection('blhd,hde->ble', (num_heads, head_dim, hidden_size),
                              ('heads', 'head_dim', 'embed'), **common)
-    self.q_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
-    self.k_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
+    self.qk_norm = qk_norm
+    if qk_norm:
+      self.q_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
+      self.k_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
 
-  def project_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Keys (normed, rotated) and values [B, L, K, D] of the new tokens."""
-    keys = apply_rope(self.k_norm(self.k_proj(x)), cos, sin)
+  def project_queries(self, x: jax.Array, cos: jax.Array | None,
+                      sin: jax.Array | None) -> jax.Array:
+    """Queries [B, L, H, D] (normed and rotated when configured)."""
+    queries = self.q_proj(x)
+    return _maybe_rope(self.q_norm(queries) if self.qk_norm else queries, cos, sin)
+
+  def project_kv(self, x: jax.Array, cos: jax.Array | None,
+                 sin: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+    """Keys (normed and rotated when configured) and values [B, L, K, D] of the new tokens."""
+    keys = self.k_proj(x)
+    keys = _maybe_rope(self.k_norm(keys) if self.qk_norm else keys, cos, sin)
     return keys, self.v_proj(x)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+  def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array,
                past_kv: tuple[jax.Array, jax.Array] | None = None,
                write_index: jax.Array | None = None,
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -72,7 +90,7 @@ class Attention(nnx.Module):
     (cache buffers [B, S, K, D]) the new ones are written at columns [write_index, +L) and
     mask is [B, L, S].
     """
-    queries = apply_rope(self.q_norm(self.q_proj(x)), cos, sin)
+    queries = self.project_queries(x, cos, sin)
     keys, values = self.project_kv(x, cos, sin)
     if past_kv is not None:
       keys = write_columns(past_kv[0], keys, write_index)

@@ -1,4 +1,5 @@
-"""Shared parameter-holding layers: projections, embedding, RMSNorm, SwiGLU MLP and RoPE.
+"""Shared parameter-holding layers: projections, embedding, RMSNorm, MLPs (SwiGLU, squared ReLU)
+and RoPE.
 
 Every parameter is an `nnx.Param` carrying its logical axis names as the custom metadata field
 `logical_axes` (not flax's `sharding_names`, which flax shards eagerly and which needs a mesh).
@@ -81,17 +82,21 @@ class Embedding(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-  """Qwen3 RMSNorm: normalise in fp32, cast back to the input dtype, then multiply by the scale."""
+  """RMSNorm normalising in fp32. Qwen3 casts back to the input dtype, then multiplies by the
+  scale; with `scale_in_fp32` (Nemotron-H) the scale multiplies in fp32 and the product is cast."""
 
-  def __init__(self, dim: int, *, eps: float, param_dtype: Any):
+  def __init__(self, dim: int, *, eps: float, param_dtype: Any, scale_in_fp32: bool = False):
     self.eps = eps
+    self.scale_in_fp32 = scale_in_fp32
     self.scale = logical_param(jnp.ones((dim,), param_dtype), ('norm',))
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
-    normed = (x32 * jax.lax.rsqrt(variance + self.eps)).astype(x.dtype)
-    return self.scale[...].astype(x.dtype) * normed
+    normed = x32 * jax.lax.rsqrt(variance + self.eps)
+    if self.scale_in_fp32:
+      return (self.scale[...].astype(jnp.float32) * normed).astype(x.dtype)
+    return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
 class SwiGLU(nnx.Module):
@@ -110,6 +115,22 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class SquaredReLUMLP(nnx.Module):
+  """down(relu(up(x))^2), no gate (Nemotron-H)."""
+
+  def __init__(self, hidden_size: int, intermediate_size: int, *, init_std: float,
+               param_dtype: Any, compute_dtype: Any, rngs: nnx.Rngs):
+    common = dict(init_std=init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.up_proj = Projection('ble,em->blm', (hidden_size, intermediate_size),
+                              ('embed', 'mlp'), **common)
+    self.down_proj = Projection('blm,me->ble', (intermediate_size, hidden_size),
+                                ('mlp', 'embed'), **common)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down_proj(jnp.square(jax.nn.relu(self.up_proj(x))))
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

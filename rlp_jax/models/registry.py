@@ -14,13 +14,17 @@ from flax import nnx
 
 from rlp_jax.errors import ConfigError
 from rlp_jax.models.dense import DenseDecoder
+from rlp_jax.models.hybrid import HybridDecoder
+from rlp_jax.models.hybrid_cache import HybridCache, empty_hybrid_cache
 from rlp_jax.models.kv_cache import KVCache, empty_kv_cache
 from rlp_jax.models.layers import resolve_dtype
 
 Params = dict[str, Any]
+Cache = KVCache | HybridCache
 
 _FAMILIES: dict[str, Callable[[Any, nnx.Rngs], nnx.Module]] = {
     'dense': DenseDecoder,
+    'hybrid': HybridDecoder,
 }
 
 
@@ -73,22 +77,25 @@ def count_params(model_config: Any) -> int:
 
 
 def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions: jax.Array,
-            token_mask: jax.Array | None = None, cache: KVCache | None = None,
-            ) -> tuple[jax.Array, KVCache | None]:
+            token_mask: jax.Array | None = None, cache: Cache | None = None,
+            ) -> tuple[jax.Array, Cache | None]:
   """Logits fp32 [B, L, V] and the updated cache (None without a cache). Pure; jit-able.
 
   Without a cache: causal attention over the L tokens, keys with token_mask False masked out.
   With a cache: the L tokens are written at columns [cache.index, cache.index + L) and attend to
-  valid cache columns up to their own (see kv_cache.py).
+  valid cache columns up to their own (see kv_cache.py); the hybrid family also carries its
+  Mamba2 states forward (see hybrid_cache.py).
   """
   model = nnx.merge(graphdef, params)
   return model(tokens, positions, token_mask, cache)
 
 
-def init_cache(model_config: Any, batch_size: int, max_len: int) -> KVCache:
-  """Empty decode cache (zeros, nothing valid, index 0) in the compute dtype."""
-  if model_config.family != 'dense':
-    raise ConfigError(f'model.family {model_config.family!r} has no decode cache')
+def init_cache(model_config: Any, batch_size: int, max_len: int) -> Cache:
+  """Empty decode cache (zeros, nothing valid, index 0) in the compute dtype; SSM states fp32."""
   dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
-  return empty_kv_cache(model_config.num_layers, batch_size, max_len, model_config.num_kv_heads,
-                        model_config.head_dim, dtype)
+  if model_config.family == 'dense':
+    return empty_kv_cache(model_config.num_layers, batch_size, max_len, model_config.num_kv_heads,
+                          model_config.head_dim, dtype)
+  if model_config.family == 'hybrid':
+    return empty_hybrid_cache(model_config, batch_size, max_len, dtype)
+  raise ConfigError(f'model.family {model_config.family!r} has no decode cache')

@@ -1,0 +1,130 @@
+"""Hybrid decoder with the Nemotron-H architecture (Mamba2 + attention + MLP layers).
+
+  x = embed(tokens)
+  per layer (one character of model.layer_pattern):  x = x + mixer(RMSNorm(x)), mixer one of
+    'M' Mamba2 (mamba2.py), '*' GQA attention without RoPE or q/k-norm, '-' down(relu(up(x))²)
+  logits = lm_head(RMSNorm(x))          (untied for Nemotron; tied if model.tie_embeddings)
+
+Parameter tree (logical axes in brackets; mixer parameters: mamba2.py, attention.py, layers.py):
+  token_embedding.embedding [vocab, embed]
+  layers[i].norm.scale [norm]
+  layers[i].mixer.*                          (Mamba2Mixer | Attention | SquaredReLUMLP)
+  final_norm.scale [norm]
+  lm_head.kernel [embed, vocab]              (absent when tied)
+Positions are accepted and ignored: nothing in the model is position-dependent except causality.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlp_jax.models.attention import Attention
+from rlp_jax.models.hybrid_cache import HybridCache, MambaState
+from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
+                                     write_columns)
+from rlp_jax.models.layers import (Embedding, Projection, RMSNorm, SquaredReLUMLP, resolve_dtype)
+from rlp_jax.models.mamba2 import Mamba2Mixer
+
+LayerState = tuple[jax.Array, jax.Array] | MambaState | None
+
+
+class HybridBlock(nnx.Module):
+  """x + mixer(RMSNorm(x)) for one layer kind: 'M' Mamba2, '*' attention, '-' MLP."""
+
+  def __init__(self, kind: str, config: Any, *, param_dtype: Any, compute_dtype: Any,
+               rngs: nnx.Rngs):
+    self.kind = kind
+    common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype,
+                        scale_in_fp32=True)
+    if kind == 'M':
+      self.mixer = Mamba2Mixer(config, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                               rngs=rngs)
+    elif kind == '*':
+      self.mixer = Attention(config.hidden_size, config.num_heads, config.num_kv_heads,
+                             config.head_dim, norm_eps=config.norm_eps, qk_norm=False, **common)
+    elif kind == '-':
+      self.mixer = SquaredReLUMLP(config.hidden_size, config.intermediate_size, **common)
+    else:
+      raise ValueError(f'unknown layer kind {kind!r} (expected M, * or -)')
+
+  def __call__(self, x: jax.Array, token_mask: jax.Array, attention_mask: jax.Array,
+               state: LayerState = None, write_index: jax.Array | None = None,
+               ) -> tuple[jax.Array, LayerState]:
+    """The layer's output and its updated state: (keys, values) for attention (the cache buffers
+    when `state` holds them), a MambaState for Mamba2 with a cache, otherwise None."""
+    normed = self.norm(x)
+    if self.kind == 'M':
+      out, state = self.mixer(normed, token_mask, state)
+    elif self.kind == '*':
+      out, state = self.mixer(normed, None, None, attention_mask, state, write_index)
+    else:
+      out = self.mixer(normed)
+    return x + out, state
+
+
+class HybridDecoder(nnx.Module):
+  """Nemotron-H decoder; `__call__` returns fp32 logits and the updated cache (or None)."""
+
+  def __init__(self, config: Any, rngs: nnx.Rngs):
+    param_dtype = resolve_dtype(config.param_dtype, 'model.param_dtype')
+    compute_dtype = resolve_dtype(config.compute_dtype, 'model.compute_dtype')
+    self.tie_embeddings = bool(config.tie_embeddings)
+    common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.token_embedding = Embedding(config.vocab_size, config.hidden_size, **common)
+    self.layers = nnx.List([
+        HybridBlock(kind, config, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
+        for kind in config.layer_pattern
+    ])
+    self.final_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype,
+                              scale_in_fp32=True)
+    if not self.tie_embeddings:
+      self.lm_head = Projection('ble,ev->blv', (config.hidden_size, config.vocab_size),
+                                ('embed', 'vocab'), output_dtype=jnp.float32, **common)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """fp32 logits [B, L, V] from final-normed hidden states."""
+    if self.tie_embeddings:
+      return self.token_embedding.attend(hidden)
+    return self.lm_head(hidden)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array,
+               token_mask: jax.Array | None = None, cache: HybridCache | None = None,
+               ) -> tuple[jax.Array, HybridCache | None]:
+    """tokens int32 [B, L], positions (unused), token_mask bool [B, L] (None: all real)."""
+    del positions
+    if token_mask is None:
+      token_mask = jnp.ones(tokens.shape, jnp.bool_)
+    x = self.token_embedding(tokens)
+    if cache is None:
+      attention_mask = causal_attention_mask(token_mask)
+      for layer in self.layers:
+        x, _ = layer(x, token_mask, attention_mask)
+      return self.logits(self.final_norm(x)), None
+
+    kv = cache.attention
+    valid = write_columns(kv.valid, token_mask, kv.index)
+    attention_mask = cached_attention_mask(valid, kv.index, tokens.shape[1])
+    past_kv = iter(zip(kv.keys, kv.values, strict=True))
+    past_mamba = iter(cache.mamba)
+    new_keys, new_values, new_mamba = [], [], []
+    for layer in self.layers:
+      if layer.kind == '*':
+        x, (keys, values) = layer(x, token_mask, attention_mask, next(past_kv), kv.index)
+        new_keys.append(keys)
+        new_values.append(values)
+      elif layer.kind == 'M':
+        x, mamba_state = layer(x, token_mask, attention_mask, next(past_mamba))
+        new_mamba.append(mamba_state)
+      else:
+        x, _ = layer(x, token_mask, attention_mask)
+    new_kv = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
+                     index=kv.index + tokens.shape[1])
+    new_cache = HybridCache(attention=new_kv, mamba=tuple(new_mamba))
+    return self.logits(self.final_norm(x)), new_cache

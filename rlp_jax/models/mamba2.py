@@ -1,0 +1,160 @@
+"""The Mamba2 mixer of Nemotron-H (order of operations as transformers' NemotronHMamba2Mixer).
+
+  z, x, B, C, dt = projections of the (normed) input        (HF: one fused in_proj)
+  x, B, C = silu(depthwise causal conv1d(·) + bias)         (HF: one conv1d over x|B|C)
+  dt = clamp(softplus(dt + dt_bias), dt_limit_min, dt_limit_max);  A = −exp(A_log)
+  y = SSD(x, dt, A, B, C) + D · x                           (ssd.py, fp32 states)
+  out = out_proj(scale · rmsnorm_per_group(y · silu(z)))
+
+Parameters and their logical axes (E hidden, H Mamba heads, P head_dim, G groups, N state,
+K conv kernel):
+  z_proj, x_proj.kernel [E, H, P]   ('embed', 'mamba_heads', 'mamba_head_dim')
+  b_proj, c_proj.kernel [E, G, N]   ('embed', 'mamba_groups', 'ssm_state')
+  dt_proj.kernel        [E, H]      ('embed', 'mamba_heads')
+  conv_x.kernel [K, H, P], .bias [H, P]   ('conv_kernel', 'mamba_heads', 'mamba_head_dim')
+  conv_b, conv_c.kernel [K, G, N], .bias [G, N]   ('conv_kernel', 'mamba_groups', 'ssm_state')
+  dt_bias, A_log, D     [H]         ('mamba_heads',)
+  norm.scale            [H, P]      ('mamba_heads', 'mamba_head_dim')
+  out_proj.kernel       [H, P, E]   ('mamba_heads', 'mamba_head_dim', 'embed')
+Keeping the fused HF tensors apart lets heads and groups shard without slicing a fused axis.
+
+Masked tokens (token_mask False) get zero conv inputs, zero x/B/C after the conv and dt = 0, so
+they leave the SSM state untouched; a one-token step also keeps the conv window of a masked row.
+Within an L > 1 call the conv window still slides over masked tokens (as zeros), so there only
+leading masked tokens (left padding, from a fresh state) are exact no-ops.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlp_jax.models.hybrid_cache import MambaState
+from rlp_jax.models.layers import LogicalAxes, Projection, logical_param, normal_param
+from rlp_jax.models.ssd import ssd_chunked_scan, ssd_step
+
+
+class CausalConv(nnx.Module):
+  """Depthwise causal conv1d over time with bias: kernel [K, *channels], bias [*channels].
+
+  kernel[K-1] weighs the current token (HF conv1d.weight[c, 0, k] → kernel[k, c]).
+  """
+
+  def __init__(self, kernel_size: int, channels: tuple[int, ...], channel_axes: LogicalAxes, *,
+               param_dtype: Any, rngs: nnx.Rngs):
+    self.kernel = normal_param(rngs, (kernel_size,) + channels, kernel_size ** -0.5, param_dtype,
+                               ('conv_kernel',) + tuple(channel_axes))
+    self.bias = logical_param(jnp.zeros(channels, param_dtype), channel_axes)
+
+  def __call__(self, inputs: jax.Array, window: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """inputs [B, L, *channels], window [B, K-1, *channels] (previous inputs, oldest first) →
+    (silu(conv + bias) [B, L, *channels] in fp32, the new window: the last K-1 inputs)."""
+    kernel_size, length = self.kernel.shape[0], inputs.shape[1]
+    padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1).astype(jnp.float32)
+    kernel = self.kernel[...].astype(jnp.float32)
+    out = self.bias[...].astype(jnp.float32)
+    for k in range(kernel_size):
+      out = out + kernel[k] * padded[:, k:k + length]
+    new_window = padded[:, padded.shape[1] - (kernel_size - 1):].astype(window.dtype)
+    return jax.nn.silu(out), new_window
+
+
+class GatedGroupRMSNorm(nnx.Module):
+  """scale · rmsnorm(y · silu(z)) with the RMS taken per group of heads; fp32 inside."""
+
+  def __init__(self, num_heads: int, head_dim: int, num_groups: int, *, eps: float,
+               param_dtype: Any):
+    self.eps = eps
+    self.num_groups = num_groups
+    self.scale = logical_param(jnp.ones((num_heads, head_dim), param_dtype),
+                               ('mamba_heads', 'mamba_head_dim'))
+
+  def __call__(self, y: jax.Array, z: jax.Array) -> jax.Array:
+    """y, z [B, L, H, P] → fp32 [B, L, H, P]."""
+    gated = y.astype(jnp.float32) * jax.nn.silu(z.astype(jnp.float32))
+    batch, length, heads, head_dim = gated.shape
+    grouped = gated.reshape(batch, length, self.num_groups, heads // self.num_groups, head_dim)
+    variance = jnp.mean(jnp.square(grouped), axis=(-2, -1), keepdims=True)
+    normed = (grouped * jax.lax.rsqrt(variance + self.eps)).reshape(gated.shape)
+    return self.scale[...].astype(jnp.float32) * normed
+
+
+def _dt_bias_init(rngs: nnx.Rngs, num_heads: int, dtype: Any) -> jax.Array:
+  """softplus⁻¹ of dt drawn log-uniformly in [1e-3, 0.1] (the Mamba2 initialisation)."""
+  u = jax.random.uniform(rngs.params(), (num_heads,), jnp.float32)
+  dt = jnp.exp(u * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+  return (dt + jnp.log(-jnp.expm1(-dt))).astype(dtype)
+
+
+class Mamba2Mixer(nnx.Module):
+  """Mamba2 mixer; `__call__` maps normed hidden states [B, L, E] to [B, L, E]."""
+
+  def __init__(self, config: Any, *, param_dtype: Any, compute_dtype: Any, rngs: nnx.Rngs):
+    e, h, p = config.hidden_size, config.mamba_num_heads, config.mamba_head_dim
+    g, n, k = config.mamba_n_groups, config.ssm_state_size, config.mamba_conv_kernel
+    self.chunk_size = int(config.mamba_chunk_size)
+    self.dt_limits = (float(config.mamba_dt_limit_min), float(config.mamba_dt_limit_max))
+    common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    head_axes, group_axes = ('mamba_heads', 'mamba_head_dim'), ('mamba_groups', 'ssm_state')
+    self.z_proj = Projection('ble,ehp->blhp', (e, h, p), ('embed',) + head_axes, **common)
+    self.x_proj = Projection('ble,ehp->blhp', (e, h, p), ('embed',) + head_axes, **common)
+    self.b_proj = Projection('ble,egn->blgn', (e, g, n), ('embed',) + group_axes, **common)
+    self.c_proj = Projection('ble,egn->blgn', (e, g, n), ('embed',) + group_axes, **common)
+    self.dt_proj = Projection('ble,eh->blh', (e, h), ('embed', 'mamba_heads'), **common)
+    conv = dict(param_dtype=param_dtype, rngs=rngs)
+    self.conv_x = CausalConv(k, (h, p), head_axes, **conv)
+    self.conv_b = CausalConv(k, (g, n), group_axes, **conv)
+    self.conv_c = CausalConv(k, (g, n), group_axes, **conv)
+    self.dt_bias = logical_param(_dt_bias_init(rngs, h, param_dtype), ('mamba_heads',))
+    self.A_log = logical_param(jnp.log(jnp.arange(1, h + 1, dtype=jnp.float32)).astype(param_dtype),
+                               ('mamba_heads',))
+    self.D = logical_param(jnp.ones((h,), param_dtype), ('mamba_heads',))
+    self.norm = GatedGroupRMSNorm(h, p, g, eps=config.norm_eps, param_dtype=param_dtype)
+    self.out_proj = Projection('blhp,hpe->ble', (h, p, e), head_axes + ('embed',), **common)
+
+  def _empty_windows(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    batch, window = x.shape[0], self.conv_x.kernel.shape[0] - 1
+    return tuple(jnp.zeros((batch, window) + conv.bias.shape, x.dtype)
+                 for conv in (self.conv_x, self.conv_b, self.conv_c))
+
+  def __call__(self, x: jax.Array, token_mask: jax.Array, state: MambaState | None = None,
+               ) -> tuple[jax.Array, MambaState | None]:
+    """x [B, L, E], token_mask bool [B, L], state: the layer's cache entry (None: no cache).
+
+    With a state, L == 1 takes one recurrent step and L > 1 runs the chunked scan from it.
+    Returns the output [B, L, E] and the new state (None without a cache).
+    """
+    keep = token_mask[:, :, None, None]
+    windows = self._empty_windows(x) if state is None else (state.conv_x, state.conv_b,
+                                                            state.conv_c)
+    streams, new_windows = [], []
+    for proj, conv, window in zip((self.x_proj, self.b_proj, self.c_proj),
+                                  (self.conv_x, self.conv_b, self.conv_c), windows):
+      convolved, new_window = conv(jnp.where(keep, proj(x), 0), window)
+      streams.append(jnp.where(keep, convolved, 0.0))
+      new_windows.append(new_window)
+    xs, bs, cs = streams  # fp32: [B, L, H, P], [B, L, G, N], [B, L, G, N]
+
+    dt = jax.nn.softplus(self.dt_proj(x).astype(jnp.float32)
+                         + self.dt_bias[...].astype(jnp.float32))
+    dt = jnp.where(token_mask[:, :, None], jnp.clip(dt, *self.dt_limits), 0.0)
+    a = -jnp.exp(self.A_log[...].astype(jnp.float32))
+    if state is not None and x.shape[1] == 1:
+      y, ssm = ssd_step(state.ssm, xs[:, 0], dt[:, 0], a, bs[:, 0], cs[:, 0])
+      y = y[:, None]
+      keep_row = token_mask[:, 0, None, None, None]
+      new_windows = [jnp.where(keep_row, new, old) for new, old in zip(new_windows, windows)]
+    else:
+      y, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size,
+                                None if state is None else state.ssm)
+    y = y + self.D[...].astype(jnp.float32)[:, None] * xs
+    out = self.out_proj(self.norm(y, self.z_proj(x)))
+    if state is None:
+      return out, None
+    return out, MambaState(conv_x=new_windows[0], conv_b=new_windows[1], conv_c=new_windows[2],
+                           ssm=ssm)

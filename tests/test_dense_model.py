@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from rlp_jax.errors import ConfigError
+from rlp_jax.interop import hf_checkpoint
 from rlp_jax.models import registry
 
 
@@ -136,34 +137,9 @@ def test_left_padded_ragged_prompts_match_unpadded_rows():
 
 
 def torch_qwen3_to_params(state_dict, config) -> dict:
-  """Maps a Qwen3ForCausalLM state dict onto our params pure dict."""
-  e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-
-  def get(name):
-    return jnp.asarray(state_dict[name].detach().cpu().numpy())
-
-  params = {'token_embedding': {'embedding': get('model.embed_tokens.weight')},
-            'final_norm': {'scale': get('model.norm.weight')}, 'layers': {}}
-  for i in range(config.num_layers):
-    prefix = f'model.layers.{i}.'
-    attn = prefix + 'self_attn.'
-    params['layers'][i] = {
-        'attention_norm': {'scale': get(prefix + 'input_layernorm.weight')},
-        'attention': {
-            'q_proj': {'kernel': get(attn + 'q_proj.weight').T.reshape(e, h, d)},
-            'k_proj': {'kernel': get(attn + 'k_proj.weight').T.reshape(e, k, d)},
-            'v_proj': {'kernel': get(attn + 'v_proj.weight').T.reshape(e, k, d)},
-            'o_proj': {'kernel': get(attn + 'o_proj.weight').T.reshape(h, d, e)},
-            'q_norm': {'scale': get(attn + 'q_norm.weight')},
-            'k_norm': {'scale': get(attn + 'k_norm.weight')},
-        },
-        'mlp_norm': {'scale': get(prefix + 'post_attention_layernorm.weight')},
-        'mlp': {name: {'kernel': get(f'{prefix}mlp.{name}.weight').T}
-                for name in ('gate_proj', 'up_proj', 'down_proj')},
-    }
-  if not config.tie_embeddings:
-    params['lm_head'] = {'kernel': get('lm_head.weight').T}
-  return params
+  """Maps a Qwen3ForCausalLM state dict onto our params pure dict (rlp_jax.interop's mapping)."""
+  tensors = {name: value.detach().cpu().numpy() for name, value in state_dict.items()}
+  return hf_checkpoint.params_from_tensors(tensors, config)
 
 
 @pytest.mark.parametrize('tie_embeddings', [True, False])

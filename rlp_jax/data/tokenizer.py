@@ -21,7 +21,7 @@ THINK_START = '<think>'
 THINK_END = '</think>'
 NEWLINE = '\n'
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-TOKENIZER_KINDS = ('sentencepiece',)
+TOKENIZER_KINDS = ('sentencepiece', 'hf_json')
 # Byte fallback needs 256 byte pieces; smaller vocabularies train without it (unseen characters
 # then decode as unk).
 BYTE_FALLBACK_MIN_VOCAB = 384
@@ -192,11 +192,21 @@ def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
 
 
 def build_tokenizer(tokenizer_config: Any, data_config: Any) -> Tokenizer:
-  """Loads tokenizer.path, or trains on the corpus's train split at first use and caches it."""
+  """Loads tokenizer.path, or trains on the corpus's train split at first use and caches it.
+
+  kind 'hf_json': path is a Hugging Face tokenizer.json or a directory holding one (see
+  hf_tokenizer.py); nothing is trained.
+  """
   kind = getattr(tokenizer_config, 'kind', 'sentencepiece')
   if kind not in TOKENIZER_KINDS:
     raise ConfigError(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {kind!r}")
   path = getattr(tokenizer_config, 'path', '')
+  if kind == 'hf_json':
+    if not path:
+      raise ConfigError("tokenizer.path must name a tokenizer.json (or a directory holding one) "
+                        "when tokenizer.kind is 'hf_json'")
+    from rlp_jax.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
+    return hf_tokenizer.HFJsonTokenizer(path)
   if path:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):

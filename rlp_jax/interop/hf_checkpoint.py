@@ -1,0 +1,279 @@
+"""Hugging Face checkpoint directories ↔ rlp_jax params, for every family with a name mapping.
+
+  load_hf_params(hf_dir, model_config)            safetensors → params pure dict
+  params_from_tensors(tensors, model_config)       the same from a dict (e.g. a torch state dict)
+  export_hf_checkpoint(params, model_config, out)  params → config.json + safetensors (sharded)
+  model_config_from_hf(hf_dir)                     config.json → rlp_jax `model.*` keys
+
+The parameter tree comes from `registry.abstract_params` (nothing allocated); every expected
+tensor must be present with the right shape (checked from the file headers before any data is
+read); tensors are read one at a time and cast to `model.param_dtype`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Any, Protocol
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from rlp_jax.errors import ConfigError, DataError
+from rlp_jax.interop import nemotron_h_names, qwen3_names
+from rlp_jax.interop.safetensors_io import SafetensorsReader, has_safetensors, write_safetensors
+from rlp_jax.interop.tensor_map import TensorMapping, check_covers, get_at, path_to_string, set_at
+from rlp_jax.models import registry
+
+CONFIG_FILE = 'config.json'
+Params = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class HFFamily:
+  """How one rlp_jax model family is stored as a Hugging Face model type."""
+  family: str  # rlp_jax `model.family`
+  model_type: str  # HF config.json `model_type`
+  mappings: Callable[[Any], list[TensorMapping]]
+  hf_config: Callable[[Any, str], dict[str, Any]]  # (model_config, torch dtype) → config.json
+  model_keys: Callable[[dict[str, Any], str], dict[str, Any]]  # (config.json, where) → model.*
+  # Tensors a checkpoint may hold that the model does not use (e.g. a tied head stored too).
+  ignored: Callable[[Any], set[str]] = lambda model_config: set()
+  # (stored prefix, alternative prefix): names tried when the first spelling is absent.
+  prefix_aliases: tuple[tuple[str, str], ...] = ()
+
+
+_HF_FAMILIES: dict[str, HFFamily] = {
+    'dense': HFFamily('dense', qwen3_names.MODEL_TYPE, qwen3_names.qwen3_mappings,
+                      qwen3_names.qwen3_hf_config, qwen3_names.model_config_from_qwen3,
+                      ignored=qwen3_names.qwen3_ignored_tensors),
+    'hybrid': HFFamily('hybrid', nemotron_h_names.MODEL_TYPE, nemotron_h_names.nemotron_h_mappings,
+                       nemotron_h_names.nemotron_h_hf_config,
+                       nemotron_h_names.model_config_from_nemotron_h,
+                       prefix_aliases=nemotron_h_names.PREFIX_ALIASES),
+}
+
+
+def register_hf_family(hf_family: HFFamily) -> None:
+  """Adds (or replaces) the Hugging Face mapping of an rlp_jax model family."""
+  _HF_FAMILIES[hf_family.family] = hf_family
+
+
+def hf_family(family: str) -> HFFamily:
+  if family not in _HF_FAMILIES:
+    raise ConfigError(f'model.family {family!r} has no Hugging Face mapping '
+                      f'(known: {sorted(_HF_FAMILIES)})')
+  return _HF_FAMILIES[family]
+
+
+def is_hf_checkpoint(directory: str) -> bool:
+  """A directory with config.json and safetensors (single file or index)."""
+  return os.path.isfile(os.path.join(directory, CONFIG_FILE)) and has_safetensors(directory)
+
+
+def read_hf_config(hf_dir: str) -> dict[str, Any]:
+  path = os.path.join(os.path.abspath(os.path.expanduser(hf_dir)), CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise DataError(f'no {CONFIG_FILE} in {os.path.dirname(path)}')
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f'cannot read {path}: {e}') from e
+
+
+def model_config_from_hf(hf_dir: str) -> dict[str, Any]:
+  """rlp_jax `model.*` keys (family and architecture; not dtypes) from a HF config.json.
+
+  Apply them with `config.model.update(model_config_from_hf(path))`.
+  """
+  hf_config = read_hf_config(hf_dir)
+  where = os.path.join(os.path.abspath(os.path.expanduser(hf_dir)), CONFIG_FILE)
+  model_type = hf_config.get('model_type')
+  for known in _HF_FAMILIES.values():
+    if known.model_type == model_type:
+      return known.model_keys(hf_config, where)
+  raise DataError(f'{where}: model_type {model_type!r} is not supported (known: '
+                  f'{sorted(f.model_type for f in _HF_FAMILIES.values())})')
+
+
+# Keys model_config_from_hf reports that do not change the function the weights compute.
+_COMPUTE_CHOICES = ('mamba_chunk_size',)
+
+
+def check_model_config_matches(model_config: Any, hf_dir: str) -> None:
+  """ConfigError naming the first `model.*` key that differs from the checkpoint's config.json."""
+  expected = model_config_from_hf(hf_dir)
+  for key, value in expected.items():
+    if key in _COMPUTE_CHOICES:
+      continue
+    ours = model_config[key]
+    same = (math.isclose(float(ours), float(value), rel_tol=1e-9)
+            if isinstance(value, float) else ours == value)
+    if not same:
+      raise ConfigError(f'config key `model.{key}` is {ours!r} but the checkpoint {hf_dir} has '
+                        f'{value!r} (set --config.model.{key}={value})')
+
+
+class TensorSource(Protocol):
+  """Named tensors with shapes known before reading (a `SafetensorsReader`, `InMemoryTensors`)."""
+  directory: str
+
+  def names(self) -> list[str]: ...
+
+  def __contains__(self, name: str) -> bool: ...
+
+  def file_of(self, name: str) -> str: ...
+
+  def shape(self, name: str) -> tuple[int, ...]: ...
+
+  def read(self, name: str) -> np.ndarray: ...
+
+
+class InMemoryTensors:
+  """A `TensorSource` over a dict of arrays (e.g. a torch state dict converted to numpy)."""
+
+  def __init__(self, tensors: Mapping[str, Any], label: str = '<in-memory tensors>'):
+    self._tensors = dict(tensors)
+    self.directory = label
+
+  def names(self) -> list[str]:
+    return sorted(self._tensors)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._tensors
+
+  def file_of(self, name: str) -> str:
+    if name not in self._tensors:
+      raise DataError(f'tensor {name} is missing from {self.directory}')
+    return self.directory
+
+  def shape(self, name: str) -> tuple[int, ...]:
+    return tuple(np.shape(self._tensors[name]))
+
+  def read(self, name: str) -> np.ndarray:
+    return np.asarray(self._tensors[name])
+
+
+def _resolve_name(name: str, source: TensorSource, hf: HFFamily) -> str | None:
+  if name in source:
+    return name
+  for stored, alternative in hf.prefix_aliases:
+    for a, b in ((stored, alternative), (alternative, stored)):
+      if name.startswith(a) and b + name[len(a):] in source:
+        return b + name[len(a):]
+  return None
+
+
+def load_hf_params(hf_dir: str, model_config: Any, shardings: Params | None = None) -> Params:
+  """Params pure dict of `model_config` read from a HF safetensors checkpoint directory.
+
+  ConfigError naming the `model.*` key that differs from the directory's config.json (when it
+  has one); DataError (naming the tensor and file) when a tensor is missing, has the wrong shape,
+  or the checkpoint holds tensors the model has no place for. `shardings` (a pytree like the
+  params, of `jax.sharding.Sharding`) places each tensor as it is read; default: default device.
+  """
+  with SafetensorsReader(hf_dir) as reader:
+    if os.path.isfile(os.path.join(reader.directory, CONFIG_FILE)):
+      check_model_config_matches(model_config, reader.directory)
+    return params_from_tensors(reader, model_config, shardings)
+
+
+def params_from_tensors(source: TensorSource | Mapping[str, Any], model_config: Any,
+                        shardings: Params | None = None) -> Params:
+  """Params of `model_config` from HF-named tensors (a reader, or a dict such as a state dict)."""
+  if not hasattr(source, 'read'):
+    source = InMemoryTensors(source)
+  hf = hf_family(model_config.family)
+  _, abstract = registry.abstract_params(model_config)
+  mappings = hf.mappings(model_config)
+  check_covers(mappings, abstract, hf.model_type)
+  names = {m.hf_name: _resolve_name(m.hf_name, source, hf) for m in mappings}
+  missing = [name for name, found in names.items() if found is None]
+  if missing:
+    raise DataError(f'tensor {missing[0]} is missing from the checkpoint in {source.directory}'
+                    + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+  unexpected = sorted(set(source.names()) - set(names.values()) - hf.ignored(model_config))
+  if unexpected:
+    raise DataError(f'{len(unexpected)} tensors in {source.directory} have no place in the '
+                    f'{model_config.family} model (first: {unexpected[0]} in '
+                    f'{source.file_of(unexpected[0])}); does the model config match the '
+                    'checkpoint (e.g. model.tie_embeddings, model.num_layers)?')
+  for m in mappings:  # every shape, from the headers, before reading any data
+    name, expected = names[m.hf_name], m.hf_shape(abstract)
+    found = source.shape(name)
+    if found != expected:
+      raise DataError(f'tensor {name} in {source.file_of(name)} has shape {list(found)}, '
+                      f'expected {list(expected)} for '
+                      f'{", ".join(map(path_to_string, m.param_paths))} of the configured model')
+  params: Params = {}
+  for m in mappings:
+    for path, array in m.to_params(source.read(names[m.hf_name]), abstract):
+      array = np.asarray(array).astype(get_at(abstract, path).dtype)
+      sharding = None if shardings is None else get_at(shardings, path)
+      set_at(params, path, jax.device_put(array, sharding))
+  return _in_tree_order(abstract, params)
+
+
+def _in_tree_order(reference: Params, params: Params) -> Params:
+  """`params` rebuilt with the key order of `reference` (pytree structures then compare equal)."""
+  if not isinstance(reference, dict):
+    return params
+  return {key: _in_tree_order(reference[key], params[key]) for key in reference}
+
+
+_EXPORT_DTYPES = {'float32': np.float32, 'bfloat16': ml_dtypes.bfloat16}
+_SIZE = re.compile(r'^\s*(\d+(?:\.\d+)?)\s*([KMG]?B)?\s*$', re.IGNORECASE)
+_UNITS = {None: 1, 'B': 1, 'KB': 10**3, 'MB': 10**6, 'GB': 10**9}
+
+
+def parse_size(size: int | str | None) -> int | None:
+  """Bytes from an int or a string like '5GB' / '200MB' (decimal units, as transformers uses)."""
+  if size is None or isinstance(size, int):
+    return size
+  match = _SIZE.match(size)
+  if not match:
+    raise ConfigError(f"shard size must look like '5GB' or '200MB', got {size!r}")
+  unit = match.group(2).upper() if match.group(2) else None
+  return int(float(match.group(1)) * _UNITS[unit])
+
+
+def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
+                         dtype: str | None = None,
+                         max_shard_size: int | str | None = '5GB',
+                         extra_config: Mapping[str, Any] | None = None) -> list[str]:
+  """Writes `params` as a HF checkpoint (`from_pretrained` loads it): config.json + safetensors.
+
+  `dtype` ('float32' | 'bfloat16'; default: the params' own) is the stored dtype. Checkpoints over
+  `max_shard_size` are sharded with `model.safetensors.index.json`. Tensors are fetched from the
+  devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`). Returns the
+  written file names.
+  """
+  hf = hf_family(model_config.family)
+  mappings = hf.mappings(model_config)
+  check_covers(mappings, params, hf.model_type)
+  by_name = {m.hf_name: m for m in mappings}
+  if dtype not in (None, *_EXPORT_DTYPES):
+    raise ConfigError(f"export dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+  stored = np.dtype(_EXPORT_DTYPES[dtype] if dtype else jax.tree.leaves(params)[0].dtype)
+  specs = [(m.hf_name, m.hf_shape(params), stored) for m in mappings]
+
+  def produce(name: str) -> np.ndarray:
+    m = by_name[name]
+    host = {}
+    for path in m.param_paths:
+      set_at(host, path, np.asarray(jax.device_get(get_at(params, path))))
+    return m.to_hf(host).astype(stored)
+
+  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  files = write_safetensors(out_dir, specs, produce, parse_size(max_shard_size))
+  torch_dtype = 'bfloat16' if stored == np.dtype(ml_dtypes.bfloat16) else 'float32'
+  hf_config = hf.hf_config(model_config, torch_dtype)
+  hf_config.update(extra_config or {})
+  with open(os.path.join(out_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
+    json.dump(hf_config, f, indent=2)
+  return [CONFIG_FILE] + files

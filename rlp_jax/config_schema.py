@@ -15,6 +15,25 @@ from rlp_jax.errors import ConfigError
 _DTYPES = ('float32', 'bfloat16')
 
 
+# Logical axis name → mesh axes (None: replicated). One table for parameters and activations.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ('batch', ('data', 'fsdp')),
+    ('length', None),
+    ('vocab', 'tensor'),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv_heads', 'tensor'),
+    ('head_dim', None),
+    ('norm', None),
+    ('mamba_heads', 'tensor'),
+    ('mamba_groups', 'tensor'),
+    ('mamba_head_dim', None),
+    ('ssm_state', None),
+    ('conv_kernel', None),
+)
+
+
 def _group(values: dict[str, Any]) -> ml_collections.ConfigDict:
   # Not type-safe: a config file that assigns a wrong type reaches validate_config, which names
   # the full dotted key (ConfigDict's own error names only the leaf).
@@ -93,6 +112,12 @@ def base_config() -> ml_collections.ConfigDict:
       kl_weight=0.0,  # weight of KL(θ‖φ) on thought tokens (paper: 0)
       updates_per_rollout=1,  # optimizer steps taken on one rollout batch
       advantage_estimator='group',  # see rlp_jax.objective.advantage
+  ))
+  config.mesh = _group(dict(
+      data=-1,  # data-parallel replicas (−1: all devices left over)
+      fsdp=1,  # parameters, gradients and optimizer state sharded over this axis
+      tensor=1,  # tensor parallelism (heads, MLP, vocab)
+      rules=DEFAULT_LOGICAL_AXIS_RULES,
   ))
   config.train = _group(dict(
       num_steps=200,
@@ -197,6 +222,12 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
   if config.tokenizer.kind == 'hf_json' and not config.tokenizer.path:
     raise ConfigError("config key `tokenizer.path` must name a tokenizer.json when "
                       "`tokenizer.kind` is 'hf_json'")
+  mesh = config.mesh
+  for axis in ('data', 'fsdp', 'tensor'):
+    if mesh[axis] == 0 or mesh[axis] < -1:
+      raise ConfigError(f'config key `mesh.{axis}` must be a positive size or -1, got {mesh[axis]}')
+  if [mesh.data, mesh.fsdp, mesh.tensor].count(-1) > 1:
+    raise ConfigError('config keys `mesh.data`, `mesh.fsdp`, `mesh.tensor`: at most one may be -1')
   rlp = config.rlp
   if rlp.thoughts_per_position < 2:
     raise ConfigError('config key `rlp.thoughts_per_position` must be >= 2 (the advantage compares '

@@ -132,3 +132,29 @@ def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):
   assert made[0]._cache_size() == 1  # pylint: disable=protected-access
   assert result.state.teacher_params is None
   assert int(result.state.data_position) == 6
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(small_config, tmp_path,
+                                                                     monkeypatch):
+  import signal  # pylint: disable=import-outside-toplevel
+  import pytest  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train import metrics_writer  # pylint: disable=import-outside-toplevel
+  small_config.train.num_steps = 5
+  reference = str(tmp_path / 'reference')
+  train(small_config, reference)
+
+  original_write = metrics_writer.MetricsWriter.write
+
+  def write_then_ctrl_c(self, step, metrics):
+    original_write(self, step, metrics)
+    if step == 2:
+      os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
+
+  monkeypatch.setattr(metrics_writer.MetricsWriter, 'write', write_then_ctrl_c)
+  interrupted = str(tmp_path / 'interrupted')
+  with pytest.raises(KeyboardInterrupt):
+    train(small_config, interrupted)
+  assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
+  monkeypatch.setattr(metrics_writer.MetricsWriter, 'write', original_write)
+  assert train(small_config, interrupted).first_step == 2
+  assert losses(interrupted) == losses(reference)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
+import threading
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -18,12 +21,16 @@ from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.data.corpora import load_documents
 from rlp_jax.errors import ConfigError
+from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
+from rlp_jax.parallel.mesh import make_mesh
+from rlp_jax.parallel.sharding import (batch_sharding, check_batch_divides, create_sharded_state,
+                                       put_batch)
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.metrics_writer import MetricsWriter
 from rlp_jax.train.optimizer import make_optimizer
 from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
-from rlp_jax.train.state import TrainState, create_train_state
+from rlp_jax.train.state import TrainState
 from rlp_jax.train.step import make_train_step
 
 
@@ -65,9 +72,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   num_steps = config.train.num_steps
   use_rlp = config.rlp.enabled
   updates_per_batch = config.rlp.updates_per_rollout if use_rlp else 1
-  graphdef, params = registry.init_params(config.model, config.seed)
+  mesh = make_mesh(config.mesh)
+  check_batch_divides(config.data.batch_size, mesh, config.mesh.rules)
+  graphdef, _ = registry.abstract_params(config.model)
   tx, schedule = make_optimizer(config.optimizer, num_steps * updates_per_batch)
-  state = create_train_state(params, tx, config.seed, with_teacher=use_rlp)
+  state, state_sharding = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
+                                               config.mesh.rules)
+  documents_sharding = batch_sharding(mesh, config.mesh.rules)
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               every=config.train.checkpoint_every,
@@ -78,6 +89,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     first_step = int(state.step)
     _say(f'resumed from {checkpointer.directory} at step {first_step} '
          f'(data position {int(state.data_position)})')
+  elif config.model.init_from:
+    params, weights_source = load_init_params(config.model.init_from, config.model,
+                                              shardings=state_sharding.params)
+    state = state.replace(params=params,
+                          teacher_params=jax.tree.map(jnp.copy, params) if use_rlp else None)
+    _say(f'starting from {weights_source}')
+  else:
+    _say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
   writer = MetricsWriter(workdir, resume_step=first_step)
   _say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
        f'writing to {workdir}')
@@ -85,36 +104,38 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   if use_rlp:
     special = SpecialTokens(think_start_id=tokenizer.think_start_id,
                             think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
-    rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule)
+    rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
+                            state_sharding)
     train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch)
   else:
-    train_step = _timed(make_train_step(graphdef, tx, schedule))
+    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding))
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   position = int(state.data_position)
   step = first_step
   progress = tqdm(total=num_steps, initial=first_step, desc='train', unit='step',
                   disable=not config.train.progress_bar, dynamic_ncols=True)
+  stop_request = _StopRequest()
   try:
-    while step < last_step:
-      batch = batches.batch(position)
-      state, metrics = train_step(state, batch)
-      step, position = step + 1, position + 1
-      history.append(metrics)
-      if step % config.train.log_every == 0 or step == last_step:
-        writer.write(step, metrics)
-      progress.set_postfix(_progress_fields(metrics), refresh=False)
-      progress.update(1)
-      checkpointer.maybe_save(step, state, force=step == last_step)
-  except KeyboardInterrupt:
-    checkpointer.maybe_save(step, state, force=True)
-    _say(f'interrupted at step {step}; checkpoint saved, rerun the same command to resume')
-    raise
+    with stop_request:
+      while step < last_step and not stop_request.requested:
+        batch = put_batch(batches.batch(position), documents_sharding)
+        state, metrics = train_step(state, batch)
+        step, position = step + 1, position + 1
+        history.append(metrics)
+        if step % config.train.log_every == 0 or step == last_step or stop_request.requested:
+          writer.write(step, metrics)
+        progress.set_postfix(_progress_fields(metrics), refresh=False)
+        progress.update(1)
+        checkpointer.maybe_save(step, state, force=step == last_step or stop_request.requested)
   finally:
     progress.close()
     checkpointer.close()
     writer.close()
 
+  if stop_request.requested:
+    _say(f'interrupted at step {step}; checkpoint saved, rerun the same command to resume')
+    raise KeyboardInterrupt
   _say(f'done at step {step}.')
   for line in run_summary(history):
     _say(line)
@@ -124,6 +145,33 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
+
+
+class _StopRequest:
+  """Turns the first Ctrl-C into a request to stop after the current step (and checkpoint).
+
+  A KeyboardInterrupt raised inside a jitted call would lose the donated train state; a second
+  Ctrl-C interrupts at once.
+  """
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    if self.requested:
+      raise KeyboardInterrupt
+    self.requested = True
+    tqdm.write('[rlp_jax] stopping after this step (Ctrl-C again to abort without saving)')
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGINT, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGINT, self._previous)
 
 
 def _timed(train_step):

@@ -24,7 +24,7 @@ from rlp_jax.rollout.reasoned_evidence import (ScoredSequences, build_scored_seq
                                                score_thoughts)
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
 from rlp_jax.train.ema import ema_update
-from rlp_jax.train.state import TrainState
+from rlp_jax.train.state import TrainState, constrain_state
 from rlp_jax.train.step import document_positions
 
 Batch = dict[str, jax.Array]
@@ -132,13 +132,14 @@ def rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch, roll
 def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
                   rlp: ml_collections.ConfigDict, special: SpecialTokens,
                   tx: optax.GradientTransformation, schedule: optax.Schedule,
-                  ) -> tuple[Callable, Callable]:
-  """(rollout, update), both jitted; see the module docstring."""
+                  state_sharding: TrainState | None = None) -> tuple[Callable, Callable]:
+  """(rollout, update), both jitted; see the module docstring. With `state_sharding` (on a mesh)
+  both return the state in that layout."""
 
   def rollout(state: TrainState, batch: Batch) -> tuple[TrainState, Rollout]:
     state, key = state.next_key()
     state = state.replace(data_position=state.data_position + 1)  # this batch is consumed
-    return state, rollout_batch(graphdef, state.params, state.teacher_params, key, batch,
+    return constrain_state(state, state_sharding), rollout_batch(graphdef, state.params, state.teacher_params, key, batch,
                                 model_config, rlp, special)
 
   def update(state: TrainState, batch: Batch,
@@ -151,7 +152,8 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
     teacher = ema_update(state.teacher_params, params, rlp.ema_decay)
     metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                    learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                         teacher_params=teacher), metrics
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                          teacher_params=teacher)
+    return constrain_state(state, state_sharding), metrics
 
   return jax.jit(rollout, donate_argnums=0), jax.jit(update, donate_argnums=0)

@@ -41,3 +41,11 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int,
       data_position=jnp.zeros((), jnp.int32),
       teacher_params=jax.tree.map(jnp.copy, params) if with_teacher else None,
   )
+
+
+def constrain_state(state: TrainState, sharding: TrainState | None) -> TrainState:
+  """Pins the state's layout inside a jitted step (no-op without a mesh), so every step returns
+  the state in the sharding it came in with and the step compiles once."""
+  if sharding is None:
+    return state
+  return jax.lax.with_sharding_constraint(state, sharding)

@@ -13,7 +13,7 @@ import optax
 
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
-from rlp_jax.train.state import TrainState
+from rlp_jax.train.state import TrainState, constrain_state
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -24,10 +24,14 @@ def document_positions(tokens: jax.Array) -> jax.Array:
   return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
-def make_train_step(graphdef: Any, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable[[TrainState, Batch],
-                                                          tuple[TrainState, Metrics]]:
-  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated."""
+def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    state_sharding: TrainState | None = None,
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+  With `state_sharding` (on a mesh) the returned state keeps that layout; inputs arrive already
+  sharded (the state from `create_sharded_state`, the batch from `put_batch`).
+  """
 
   def loss_fn(params, batch):
     tokens, mask = batch['tokens'], batch['mask']
@@ -48,6 +52,6 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation,
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               data_position=state.data_position + 1)
-    return new_state, metrics
+    return constrain_state(new_state, state_sharding), metrics
 
   return jax.jit(train_step, donate_argnums=0)

@@ -158,3 +158,15 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(small_config,
   monkeypatch.setattr(metrics_writer.MetricsWriter, 'write', original_write)
   assert train(small_config, interrupted).first_step == 2
   assert losses(interrupted) == losses(reference)
+
+
+def test_shared_prefix_mode_trains_like_the_naive_mode(small_config, tmp_path):
+  small_config.train.num_steps = 3
+  rows = {}
+  for mode in ('naive', 'shared'):
+    small_config.rlp.prefix_mode = mode
+    train(small_config, str(tmp_path / mode))
+    rows[mode] = read_metrics(str(tmp_path / mode))
+  for naive, shared in zip(rows['naive'], rows['shared']):
+    for name in ('ntp_loss', 'reward_mean', 's_pred_mean', 'thought_length_mean', 'total_loss'):
+      np.testing.assert_allclose(shared[name], naive[name], rtol=1e-4, atol=1e-5, err_msg=name)

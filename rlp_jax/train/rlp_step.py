@@ -7,54 +7,25 @@ policy_loss + ntp_weight · ntp_loss (+ kl_weight · KL to φ), each followed by
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from rlp_jax.models import registry
-from rlp_jax.objective import (clipped_surrogate, get_advantage_estimator, information_gain,
-                               kl_to_teacher, next_token_loss, rlp_total_loss, token_log_probs)
+from rlp_jax.objective import next_token_loss, token_log_probs
 from rlp_jax.rollout.positions import choose_positions
-from rlp_jax.rollout.reasoned_evidence import (ScoredSequences, build_scored_sequences,
-                                               score_thoughts)
+from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
 from rlp_jax.train.ema import ema_update
+from rlp_jax.train.rollout_outcome import (Rollout, SpecialTokens, combine_update_loss,
+                                           finish_rollout)
 from rlp_jax.train.state import TrainState, constrain_state
 from rlp_jax.train.step import document_positions
 
 Batch = dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class SpecialTokens:
-  think_start_id: int
-  think_end_id: int
-  pad_id: int
-
-
-@flax.struct.dataclass
-class Rollout:
-  """What the updates of one rollout batch need, plus the rollout's metrics."""
-  sequences: ScoredSequences
-  thought_mask: jax.Array  # bool [R, T]: sampled thought tokens of valid rows
-  old_log_probs: jax.Array  # float32 [R, T]: sampling-distribution log-probs under θ_old
-  advantages: jax.Array  # float32 [R]
-  metrics: dict[str, jax.Array]
-
-
-def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-  mask = mask.astype(jnp.float32)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-
-
-def _masked_std(values: jax.Array, mask: jax.Array) -> jax.Array:
-  mean = _masked_mean(values, mask)
-  return jnp.sqrt(_masked_mean((values - mean) ** 2, mask))
 
 
 def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Array, batch: Batch,
@@ -79,25 +50,7 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
   sequences = build_scored_sequences(prompts, thoughts, special.think_end_id, special.pad_id)
   _, s_pred = score_thoughts(graphdef, params, sequences, limit, rlp.sample_temperature)
 
-  row_valid = jnp.repeat(position_valid.reshape(-1), g)  # [R]
-  reward = information_gain(s_pred, s_ema)
-  advantages = get_advantage_estimator(rlp.advantage_estimator)(reward.reshape(num_docs, k, g))
-  advantages = jnp.where(row_valid, advantages.reshape(-1), 0.0)
-  length = thoughts.length.astype(jnp.float32)
-  metrics = {
-      'reward_mean': _masked_mean(reward, row_valid),
-      'reward_std': _masked_std(reward, row_valid),
-      'reward_positive_fraction': _masked_mean((reward > 0).astype(jnp.float32), row_valid),
-      's_pred_mean': _masked_mean(s_pred, row_valid),
-      's_ema_mean': _masked_mean(s_ema, row_valid),
-      'thought_length_mean': _masked_mean(length, row_valid),
-      'thought_hit_limit_fraction': _masked_mean((~thoughts.ended).astype(jnp.float32), row_valid),
-      'skipped_positions': jnp.sum(~position_valid).astype(jnp.float32),
-      'scored_positions': jnp.sum(position_valid).astype(jnp.float32),
-      'thought_tokens': jnp.sum(thoughts.mask & row_valid[:, None]).astype(jnp.float32),
-  }
-  return Rollout(sequences=sequences, thought_mask=thoughts.mask & row_valid[:, None],
-                 old_log_probs=thoughts.log_probs, advantages=advantages, metrics=metrics)
+  return finish_rollout(sequences, thoughts, s_pred, s_ema, position_valid, rlp)
 
 
 def rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch, rollout: Rollout,
@@ -106,27 +59,14 @@ def rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch, roll
   limit = rlp.max_thought_tokens
   new_log_probs, _ = score_thoughts(graphdef, params, rollout.sequences, limit,
                                     rlp.sample_temperature)
-  policy_loss, policy_metrics = clipped_surrogate(
-      new_log_probs, rollout.old_log_probs, rollout.advantages, rollout.thought_mask,
-      rlp.epsilon_low, rlp.epsilon_high)
-  # Average over the thoughts of scored positions only (skipped slots carry no tokens).
-  rows = rollout.thought_mask.shape[0]
-  valid_rows = jnp.sum(jnp.any(rollout.thought_mask, axis=1))
-  policy_loss = policy_loss * rows / jnp.maximum(valid_rows, 1)
-
   tokens, mask = batch['tokens'], batch['mask']
   logits, _ = registry.forward(graphdef, params, tokens, document_positions(tokens), mask)
   ntp_loss, _ = next_token_loss(logits, tokens, mask)
+  teacher_log_probs = None
   if rlp.kl_weight > 0:
     teacher_log_probs, _ = score_thoughts(graphdef, jax.lax.stop_gradient(teacher_params),
                                           rollout.sequences, limit, rlp.sample_temperature)
-    kl = kl_to_teacher(new_log_probs, teacher_log_probs, rollout.thought_mask)
-  else:
-    kl = jnp.zeros((), jnp.float32)
-  total = rlp_total_loss(policy_loss, ntp_loss, kl, rlp.ntp_weight, rlp.kl_weight)
-  metrics = dict(policy_metrics, policy_loss=policy_loss, ntp_loss=ntp_loss, kl_to_teacher=kl,
-                 total_loss=total)
-  return total, metrics
+  return combine_update_loss(new_log_probs, teacher_log_probs, ntp_loss, rollout, rlp)
 
 
 def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
@@ -136,15 +76,22 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
   """(rollout, update), both jitted; see the module docstring. With `state_sharding` (on a mesh)
   both return the state in that layout."""
 
+  if rlp.prefix_mode == 'shared':
+    from rlp_jax.train.shared_prefix_step import (  # pylint: disable=import-outside-toplevel
+        shared_rlp_loss, shared_rollout_batch)
+    rollout_fn, loss_fn = shared_rollout_batch, shared_rlp_loss
+  else:
+    rollout_fn, loss_fn = rollout_batch, rlp_loss
+
   def rollout(state: TrainState, batch: Batch) -> tuple[TrainState, Rollout]:
     state, key = state.next_key()
     state = state.replace(data_position=state.data_position + 1)  # this batch is consumed
-    return constrain_state(state, state_sharding), rollout_batch(graphdef, state.params, state.teacher_params, key, batch,
-                                model_config, rlp, special)
+    return constrain_state(state, state_sharding), rollout_fn(
+        graphdef, state.params, state.teacher_params, key, batch, model_config, rlp, special)
 
   def update(state: TrainState, batch: Batch,
              rollout_data: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
-    grad_fn = jax.value_and_grad(rlp_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
                                   rollout_data, rlp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

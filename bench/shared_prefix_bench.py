@@ -1,0 +1,122 @@
+"""Shared-prefix vs naive RLP compute, measured side by side in one run (DESIGN §2, issue 5).
+
+For each K·G it times, on the same random model, documents and key:
+  rollout: `rlp_step.rollout_batch` (naive: every rollout re-encodes x_<t) against
+           `shared_prefix_step.shared_rollout_batch` (one document pass) — positions, teacher
+           S_ema forward, sampling, S_pred — reported as sampled thought tokens per second;
+  update:  value_and_grad of `rlp_step.rlp_loss` against `shared_prefix_step.shared_rlp_loss`
+           (policy + next-token loss; the optimizer is the same for both and left out).
+Each time is the median of --repeats timed calls after one compiling warm-up call, the naive and
+shared calls alternating; each ratio (×) is the median of the per-repeat ratios.
+
+Model (Qwen3-shaped, random weights, fp32): vocab 2048, hidden 128, intermediate 384, 4 layers,
+4 query / 2 kv heads of dim 32, tied embeddings (≈ 1.05 M parameters). One document of 512 real
+tokens per step, K = 4 positions, G = K·G / 4 thoughts per position, T = 32 thought tokens.
+
+  python bench/shared_prefix_bench.py                  # K·G 16 and 64, doc 512, T 32
+  python bench/shared_prefix_bench.py --thought-tokens 128 --rollouts 64
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlp_jax.config_schema import base_config
+from rlp_jax.models import registry
+from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
+from rlp_jax.train.shared_prefix_step import shared_rlp_loss, shared_rollout_batch
+
+SPECIAL = SpecialTokens(think_start_id=3, think_end_id=4, pad_id=0)
+
+
+def bench_model_config(vocab: int = 2048, hidden: int = 128, layers: int = 4) -> Any:
+  config = base_config().model
+  config.update(dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden,
+                     num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=hidden // 4))
+  return config
+
+
+def paired_seconds(naive: Callable[[], Any], shared: Callable[[], Any],
+                   repeats: int) -> tuple[float, float, float]:
+  """(median naive s, median shared s, median of per-repeat naive/shared ratios).
+
+  One compiling warm-up call each, then the two alternate, so that load from other processes on
+  the machine hits both paths alike.
+  """
+  jax.block_until_ready(naive())
+  jax.block_until_ready(shared())
+  times = {naive: [], shared: []}
+  for _ in range(repeats):
+    for fn in (naive, shared):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[fn].append(time.perf_counter() - start)
+  ratios = [a / b for a, b in zip(times[naive], times[shared])]
+  return statistics.median(times[naive]), statistics.median(times[shared]), \
+      statistics.median(ratios)
+
+
+def measure(rollouts: int, args: argparse.Namespace) -> dict[str, Any]:
+  """Rollout and update timings of both paths at K·G = rollouts."""
+  model_config = bench_model_config()
+  graphdef, params = registry.init_params(model_config, seed=0)
+  rlp = base_config().rlp
+  rlp.update(dict(positions_per_document=args.positions, thoughts_per_position=rollouts //
+                  args.positions, max_thought_tokens=args.thought_tokens, min_context=8,
+                  sample_temperature=0.7))
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(5, model_config.vocab_size, (args.docs, args.doc_len)).astype(np.int32)
+  batch = {'tokens': jnp.asarray(tokens), 'mask': jnp.ones(tokens.shape, jnp.bool_)}
+  key = jax.random.key(0)
+  rollout, grad, data = {}, {}, {}
+  for name, rollout_fn, loss_fn in (('naive', rollout_batch, rlp_loss),
+                                    ('shared', shared_rollout_batch, shared_rlp_loss)):
+    rollout[name] = jax.jit(lambda p, k, fn=rollout_fn: fn(graphdef, p, p, k, batch, model_config,
+                                                           rlp, SPECIAL))
+    data[name] = rollout[name](params, key)
+    grad[name] = jax.jit(jax.value_and_grad(
+        lambda p, d, fn=loss_fn: fn(p, p, graphdef, batch, d, rlp), has_aux=True))
+  rollout_s = paired_seconds(lambda: rollout['naive'](params, key),
+                             lambda: rollout['shared'](params, key), args.repeats)
+  update_s = paired_seconds(lambda: grad['naive'](params, data['naive']),
+                            lambda: grad['shared'](params, data['shared']), args.repeats)
+  thought_tokens = float(data['naive'].metrics['thought_tokens'])
+  same = bool(jnp.all(data['naive'].thought_mask == data['shared'].thought_mask))
+  error = float(jnp.max(jnp.abs(data['naive'].old_log_probs - data['shared'].old_log_probs)))
+  return dict(rollout_s=rollout_s, update_s=update_s, thought_tokens=thought_tokens,
+              same_thoughts=same, max_logp_error=error)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--rollouts', default='16,64', help='comma-separated K·G values')
+  parser.add_argument('--positions', type=int, default=4, help='K (G = K·G / K)')
+  parser.add_argument('--docs', type=int, default=1, help='documents per step (B)')
+  parser.add_argument('--doc-len', type=int, default=512)
+  parser.add_argument('--thought-tokens', type=int, default=32, help='T')
+  parser.add_argument('--repeats', type=int, default=3)
+  args = parser.parse_args()
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; B={args.docs} doc_len='
+        f'{args.doc_len} K={args.positions} T={args.thought_tokens} repeats={args.repeats}')
+  header = ('| K·G | thought tokens | naive rollout tok/s | shared rollout tok/s | rollout × '
+            '| naive update s | shared update s | update × | same samples | max Δlogp |')
+  rows = [header, '|' + '---|' * 10]
+  for rollouts in (int(value) for value in args.rollouts.split(',')):
+    r = measure(rollouts, args)
+    (naive_r, shared_r, rollout_x), (naive_u, shared_u, update_x) = r['rollout_s'], r['update_s']
+    tokens = r['thought_tokens']
+    rows.append(f"| {rollouts} | {tokens:.0f} | {tokens / naive_r:.0f} | {tokens / shared_r:.0f} "
+                f"| {rollout_x:.1f} | {naive_u:.3f} | {shared_u:.3f} | {update_x:.1f} | "
+                f"{r['same_thoughts']} | {r['max_logp_error']:.1e} |")
+    print(rows[-1], flush=True)
+  print('\n'.join(rows))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,237 @@
+"""Shared-prefix path (DESIGN §2) against the naive re-encode path: same samples for the same key,
+same thought log-probs, S_pred, rewards, advantages, losses and parameter gradients (fp32), with
+scored positions at the first allowed position, inside the document and at its last token."""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlp_jax.config_schema import base_config
+from rlp_jax.models import registry
+from rlp_jax.models.attention import grouped_query_attention
+from rlp_jax.models.shared_prefix import document_kv, shared_prefix_attention, thought_forward
+from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
+from rlp_jax.rollout.shared_prefix_sampler import (build_thought_sequences, sample_thoughts_shared,
+                                                   score_thoughts_shared, thought_prompts)
+from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
+from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
+from rlp_jax.train.shared_prefix_step import shared_rlp_loss, shared_rollout_batch
+from rlp_jax.train.step import document_positions
+
+THINK_START, THINK_END, PAD = 3, 4, 0  # THINK_END is a common token: thoughts end early too
+SPECIAL = SpecialTokens(think_start_id=THINK_START, think_end_id=THINK_END, pad_id=PAD)
+GROUP = 2
+LIMIT = 6
+REL = 1e-5
+
+
+def model_config():
+  config = base_config().model
+  config.update(dict(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2,
+                     num_heads=4, num_kv_heads=2, head_dim=8, init_std=0.3))
+  return config
+
+
+def rlp_config(**overrides):
+  config = base_config().rlp
+  config.update(dict(positions_per_document=3, thoughts_per_position=GROUP,
+                     max_thought_tokens=LIMIT, min_context=2, sample_temperature=0.9))
+  config.update(overrides)
+  return config
+
+
+def documents():
+  """Lengths 12, 5, 4 with min_context 2: the second has exactly 3 allowed positions (2, 3, 4:
+  first allowed, inside, last token), the third 2 of 3 (one skipped slot)."""
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(5, 24, size=(3, 12)).astype(np.int32)
+  mask = np.arange(12)[None, :] < np.array([12, 5, 4])[:, None]
+  return {'tokens': jnp.asarray(np.where(mask, tokens, PAD)), 'mask': jnp.asarray(mask)}
+
+
+# first allowed (2), inside (6, 3), last token of each document (11, 4, 3).
+POSITIONS = jnp.asarray([[2, 6, 11], [2, 3, 4], [2, 3, 3]], jnp.int32)
+
+
+def assert_close(got, want, rel=REL):
+  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+  scale = max(np.max(np.abs(want)), 1e-30)
+  error = np.max(np.abs(got - want)) / scale
+  print(f'relative error {error:.1e}')  # visible with pytest -s
+  assert error <= rel, (error, scale)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _naive(graphdef, params, batch, temperature, key):
+  prompts = build_prompts(batch['tokens'], POSITIONS, GROUP, THINK_START)
+  thoughts = sample_thoughts(graphdef, params, model_config(), prompts, key, LIMIT, temperature,
+                             THINK_END, PAD)
+  sequences = build_scored_sequences(prompts, thoughts, THINK_END, PAD)
+  return (thoughts,) + score_thoughts(graphdef, params, sequences, LIMIT, temperature)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _shared(graphdef, params, batch, temperature, key):
+  tokens = batch['tokens']
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
+  prompts = thought_prompts(tokens, POSITIONS, GROUP, THINK_START)
+  thoughts = sample_thoughts_shared(graphdef, params, model_config(), doc, prompts, key, LIMIT,
+                                    temperature, THINK_END, PAD)
+  sequences = build_thought_sequences(prompts, thoughts, THINK_END, PAD)
+  return (thoughts,) + score_thoughts_shared(graphdef, params, doc, sequences, LIMIT, temperature)
+
+
+def test_attention_equals_gqa_over_the_tiled_document_and_own_keys():
+  b, n, q, s, length = 2, 3, 4, 5, 7
+  keys = jax.random.split(jax.random.key(0), 5)
+  queries = jax.random.normal(keys[0], (b, n, q, 4, 8))
+  doc_keys, doc_values = (jax.random.normal(k, (b, length, 2, 8)) for k in keys[1:3])
+  own_keys, own_values = (jax.random.normal(k, (b, n, s, 2, 8)) for k in keys[3:5])
+  rng = np.random.default_rng(0)
+  doc_visible = jnp.asarray(rng.random((b, n, length)) < 0.6)
+  own_visible = jnp.asarray(rng.random((b, n, q, s)) < 0.5)
+  doc_visible = doc_visible.at[0, 1].set(False)
+  own_visible = own_visible.at[0, 1, 2].set(False)  # a query that sees no key at all
+  got = shared_prefix_attention(queries, doc_keys, doc_values, doc_visible, own_keys, own_values,
+                                own_visible)
+  tile = lambda x: jnp.repeat(x, n, axis=0)  # the naive layout: document copied per thought
+  all_keys = jnp.concatenate([tile(doc_keys), own_keys.reshape(b * n, s, 2, 8)], axis=1)
+  all_values = jnp.concatenate([tile(doc_values), own_values.reshape(b * n, s, 2, 8)], axis=1)
+  mask = jnp.concatenate([jnp.broadcast_to(doc_visible.reshape(b * n, 1, length),
+                                           (b * n, q, length)),
+                          own_visible.reshape(b * n, q, s)], axis=-1)
+  want = grouped_query_attention(queries.reshape(b * n, q, 4, 8), all_keys, all_values, mask)
+  assert_close(got, want.reshape(got.shape))
+  assert np.all(np.asarray(got[0, 1, 2]) == 0.0)
+
+
+def test_document_kv_logits_are_the_model_forward():
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  batch = documents()
+  positions = document_positions(batch['tokens'])
+  logits, doc = document_kv(graphdef, params, batch['tokens'], positions, batch['mask'])
+  expected, _ = registry.forward(graphdef, params, batch['tokens'], positions, batch['mask'])
+  np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
+  assert doc.keys[0].shape == (3, 12, 2, 8) and len(doc.values) == 2
+
+
+@pytest.mark.parametrize('temperature', [0.9, 0.0])
+def test_same_samples_log_probs_and_s_pred_as_naive(temperature):
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  batch = documents()
+  naive, naive_logp, naive_s_pred = _naive(graphdef, params, batch, temperature, jax.random.key(1))
+  shared, shared_logp, shared_s_pred = _shared(graphdef, params, batch, temperature,
+                                               jax.random.key(1))
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(naive.tokens))
+  np.testing.assert_array_equal(np.asarray(shared.mask), np.asarray(naive.mask))
+  np.testing.assert_array_equal(np.asarray(shared.ended), np.asarray(naive.ended))
+  ended = np.asarray(naive.ended)
+  if temperature > 0:
+    assert ended.any() and (~ended).any(), 'want thoughts that end early and ones that hit T'
+  assert_close(shared.log_probs, naive.log_probs)  # sampled, at the sampling temperature
+  mask = np.asarray(naive.mask)
+  assert_close(np.asarray(shared_logp)[mask], np.asarray(naive_logp)[mask])  # teacher-forced
+  assert_close(shared_s_pred, naive_s_pred)
+
+
+@pytest.fixture(scope='module')
+def rollouts():
+  """(θ, φ, naive rollout, shared rollout) for one key; ε and kl_weight do not enter a rollout."""
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  _, teacher = registry.init_params(model_config(), seed=1)
+
+  @jax.jit
+  def both(params, teacher):
+    args = (graphdef, params, teacher, jax.random.key(3), documents(), model_config(),
+            rlp_config(), SPECIAL)
+    return rollout_batch(*args), shared_rollout_batch(*args)
+
+  return (params, teacher) + both(params, teacher)
+
+
+def test_rollout_rewards_advantages_and_metrics_match_naive(rollouts):
+  _, _, naive, shared = rollouts
+  assert float(naive.metrics['skipped_positions']) == 1.0
+  np.testing.assert_array_equal(np.asarray(shared.thought_mask), np.asarray(naive.thought_mask))
+  assert_close(shared.old_log_probs, naive.old_log_probs)
+  assert_close(shared.advantages, naive.advantages)
+  for name in ('reward_mean', 'reward_std', 's_pred_mean', 's_ema_mean'):
+    assert_close(shared.metrics[name], naive.metrics[name])
+  for name in ('thought_length_mean', 'thought_tokens', 'scored_positions',
+               'thought_hit_limit_fraction'):
+    assert float(shared.metrics[name]) == float(naive.metrics[name])
+
+
+@pytest.mark.parametrize('kl_weight', [0.0, 0.5])
+def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
+  params, teacher, naive, shared = rollouts
+  graphdef, _ = registry.abstract_params(model_config())
+  rlp = rlp_config(kl_weight=kl_weight, epsilon_low=0.05, epsilon_high=0.05)
+  # A later update of the rollout: θ ≠ θ_old, so ratios move and the clip band binds somewhere.
+  noise = jax.tree.map(lambda x: 0.05 * jax.random.normal(jax.random.key(7), x.shape), params)
+  theta = jax.tree.map(jnp.add, params, noise)
+  loss_naive = jax.jit(jax.value_and_grad(
+      lambda p: rlp_loss(p, teacher, graphdef, documents(), naive, rlp), has_aux=True))
+  loss_shared = jax.jit(jax.value_and_grad(
+      lambda p: shared_rlp_loss(p, teacher, graphdef, documents(), shared, rlp), has_aux=True))
+  (value_n, metrics_n), grads_n = loss_naive(theta)
+  (value_s, metrics_s), grads_s = loss_shared(theta)
+  assert float(metrics_n['clip_fraction']) > 0.0
+  assert_close(value_s, value_n)
+  for name in metrics_n:
+    assert_close(metrics_s[name], metrics_n[name])
+  flat_n = jax.tree_util.tree_leaves_with_path(grads_n)
+  flat_s = dict(jax.tree_util.tree_leaves_with_path(grads_s))
+  for path, grad_n in flat_n:
+    assert np.any(np.asarray(grad_n) != 0), path
+    assert_close(flat_s[path], grad_n)
+
+
+def test_every_rollout_gradient_reaches_only_its_own_prefix():
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  batch = documents()
+  tokens = batch['tokens']
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
+  prefix_len = jnp.repeat(POSITIONS, GROUP, axis=1)  # [B, N]
+  thought = jnp.full(prefix_len.shape + (2,), 7, jnp.int32)
+  thought_positions = prefix_len[..., None] + jnp.arange(2)
+  mask = jnp.ones(thought.shape, jnp.bool_)
+
+  @jax.jit
+  def row_grads(keys_values, b, n):
+    def row_output(keys_values):
+      shared = doc.replace(keys=keys_values[0], values=keys_values[1])
+      logits, _ = thought_forward(graphdef, params, shared, prefix_len, thought,
+                                  thought_positions, mask)
+      return jnp.sum(logits[b, n, -1] ** 2)
+    return jax.grad(row_output)(keys_values)
+
+  for b, n in [(0, 0), (0, 5), (1, 4), (2, 3)]:
+    grad_keys, grad_values = row_grads((doc.keys, doc.values), b, n)
+    reach = np.asarray(jnp.any(grad_keys[0] != 0, axis=(2, 3))
+                       | jnp.any(grad_values[-1] != 0, axis=(2, 3)))  # [B, L] columns reached
+    t = int(prefix_len[b, n])
+    expected = np.zeros_like(reach)
+    expected[b, :t] = True
+    np.testing.assert_array_equal(reach, expected)
+
+
+def test_document_keys_are_never_tiled_per_rollout():
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  batch = documents()
+  tokens = batch['tokens']
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
+  prefix_len = jnp.repeat(POSITIONS, GROUP, axis=1)
+  thought = jnp.zeros(prefix_len.shape + (4,), jnp.int32)
+  jaxpr = jax.make_jaxpr(lambda d: thought_forward(
+      graphdef, params, d, prefix_len, thought, prefix_len[..., None] + jnp.arange(4),
+      jnp.ones(thought.shape, jnp.bool_))[0])(doc)
+  batch_size, length = tokens.shape
+  rollouts = prefix_len.shape[1]
+  tiled = [(batch_size, rollouts, length, 2, 8), (batch_size * rollouts, length, 2, 8)]
+  shapes = [var.aval.shape for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars]
+  assert not any(shape in tiled for shape in shapes)

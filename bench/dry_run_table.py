@@ -48,9 +48,17 @@ CASES = [
     Case('qwen3_1p7b v5p-64 data=4 fsdp=8', 'qwen3_1p7b', 32, (4, 8, 1), 32),
     Case('qwen3_1p7b 8xH100 data=8, G=4 L=512', 'qwen3_1p7b', 8, (8, 1, 1), 8,
          workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('qwen3_1p7b 8xH100 data=8, shared prefix', 'qwen3_1p7b', 8, (8, 1, 1), 8,
+         workload={'rlp.prefix_mode': 'shared'}),
+    Case('qwen3_1p7b 8xH100 fsdp=8, shared prefix', 'qwen3_1p7b', 8, (1, 8, 1), 8,
+         workload={'rlp.prefix_mode': 'shared'}),
+    Case('qwen3_1p7b v5p-64 data=4 fsdp=8, shared prefix', 'qwen3_1p7b', 32, (4, 8, 1), 32,
+         workload={'rlp.prefix_mode': 'shared'}),
     Case('nano12b 8xH100 fsdp=8', 'nano12b', 8, (1, 8, 1), 8, (9, 18)),
     Case('nano12b 8xH100 fsdp=4 tensor=2', 'nano12b', 8, (1, 4, 2), 4, (9, 18)),
     Case('nano12b v5p-64 data=4 fsdp=8', 'nano12b', 32, (4, 8, 1), 32, (9, 18)),
+    Case('nano12b 8xH100 fsdp=4 tensor=2, G=4 L=512', 'nano12b', 8, (1, 4, 2), 4, (9, 18),
+         workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
 ]
 
 
@@ -117,7 +125,7 @@ def measure(index: int) -> dict:
 def markdown(rows: list[dict]) -> list[str]:
   gib = lambda b: f'{b / GIB:.1f}'  # noqa: E731
   lines = ['| case | θ | φ | optimizer | θ+φ+opt | rollout temp | update temp | peak ≈ | how |',
-           '|---|---|---|---|---|---|---|---|---|']
+           '|---' * 9 + '|']
   for row in rows:
     state = row['state']
     resident = state['params'] + state['teacher'] + state['optimizer']

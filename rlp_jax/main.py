@@ -2,6 +2,11 @@
 
 Bad input (unknown key, wrong type, bad value, missing file) stops with one line naming the key or
 path and exit status 2, without a traceback.
+
+Several hosts run the same command; each joins the job before JAX starts (parallel/distributed.py:
+explicit --coordinator_address/--num_processes/--process_id, else SLURM, else Cloud TPU detection).
+`--dry_run [--dry_run_devices=N]` compiles the step for the configured mesh on N simulated CPU
+devices without allocating the model and prints per-device memory (parallel/memory_plan.py).
 """
 from __future__ import annotations
 
@@ -23,7 +28,22 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file (default: configs/tiny.py); override keys with '
     '--config.a.b=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, event files and '
-                               'checkpoints; rerunning on the same workdir resumes.')
+                               'checkpoints; rerunning on the same workdir resumes. On several '
+                               'hosts it must be one directory all of them share.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a '
+                                   'multi-process run started by hand (with --num_processes and '
+                                   '--process_id); SLURM and Cloud TPU need none of these.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0 .. num_processes-1.')
+_DISTRIBUTED = flags.DEFINE_enum('distributed', 'auto', ['auto', 'off'], "'auto': join a "
+                                 "multi-process job from the flags, SLURM or Cloud TPU; 'off': "
+                                 'one process.')
+_DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the step ahead of time for the configured '
+                             'mesh on simulated CPU devices and print per-device memory; trains '
+                             'nothing and allocates no model.')
+_DRY_RUN_DEVICES = flags.DEFINE_integer('dry_run_devices', None, 'Simulated devices for '
+                                        '--dry_run (default: the mesh sizes multiplied, when none '
+                                        'is -1).')
 
 
 def fail(message: str) -> None:
@@ -34,7 +54,7 @@ def fail(message: str) -> None:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
-  if not _WORKDIR.value:
+  if not _WORKDIR.value and not _DRY_RUN.value:
     fail('--workdir is required (where metrics, event files and checkpoints go)')
   try:
     config = _CONFIG.value  # loaded lazily: a broken config file fails on first access
@@ -44,12 +64,27 @@ def main(argv: list[str]) -> None:
   from rlp_jax.config_schema import validate_config  # pylint: disable=import-outside-toplevel
   try:
     validate_config(config)
+    if _DRY_RUN.value:
+      _dry_run(config)
+      return
+    from rlp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+    distributed.initialize(distributed.plan_startup(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value))
     from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
     train(config, _WORKDIR.value)
   except UserInputError as error:
     fail(str(error))
   except KeyboardInterrupt:
     sys.exit(130)
+
+
+def _dry_run(config) -> None:
+  """Simulates the devices (before the JAX backend starts), then plans the memory."""
+  from rlp_jax.parallel import memory_plan  # pylint: disable=import-outside-toplevel
+  num_devices = memory_plan.simulated_device_count(config.mesh, _DRY_RUN_DEVICES.value)
+  memory_plan.simulate_cpu_devices(num_devices)
+  for line in memory_plan.format_report(memory_plan.plan_memory(config)):
+    print(line)
 
 
 def _with_default_config(argv: list[str]) -> list[str]:

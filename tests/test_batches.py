@@ -114,3 +114,28 @@ def test_empty_corpus_and_bad_sizes_raise_config_error():
     make(docs=[])
   with pytest.raises(ConfigError, match='batch'):
     make(batch_size=0)
+
+
+def test_per_process_rows_together_equal_the_whole_batch():
+  """Each process builds only its rows; the pieces in row order are the single-process batch."""
+  whole = make(batch_size=4)
+  for position in range(7):  # batches straddle epochs
+    expected = whole.batch(position)
+    for process_count in (1, 2, 4):
+      per_process = 4 // process_count
+      pieces = [make(batch_size=4).batch(position, rows=range(i * per_process,
+                                                              (i + 1) * per_process))
+                for i in range(process_count)]
+      for name in ('tokens', 'mask'):
+        assert np.array_equal(np.concatenate([p[name] for p in pieces]), expected[name])
+  scattered = make(batch_size=4).batch(3, rows=[3, 0])  # any order, any subset
+  assert np.array_equal(scattered['tokens'], whole.batch(3)['tokens'][[3, 0]])
+
+
+def test_a_process_tokenizes_only_its_own_rows():
+  tok = CharTokenizer()
+  batches = make(batch_size=4, tokenizer=tok)
+  batches.batch(0, rows=[1, 2])
+  assert tok.calls == 2
+  with pytest.raises(ValueError, match='rows'):
+    batches.batch(0, rows=[4])

@@ -3,6 +3,10 @@
 The document stream is the concatenation of epochs, each a seeded permutation of the documents;
 batch p holds stream items [p*B, (p+1)*B) (a batch may straddle two epochs). Nothing depends on
 which batches were asked for before, so a resumed run only needs its step's position.
+
+On several hosts each process asks only for its own rows (`batch(p, rows=...)`, the rows its
+devices hold; see `parallel.sharding.process_rows`) and tokenizes only those documents; the
+pieces of all processes, put in row order, are exactly the single-process `batch(p)`.
 """
 
 from __future__ import annotations
@@ -72,11 +76,21 @@ class DocumentBatches:
       self._rows.move_to_end(index)
     return row
 
-  def batch(self, position: int) -> dict[str, np.ndarray]:
-    """tokens int32[B, L] (pad_id after eos) and mask bool[B, L] (True on bos..eos)."""
-    tokens = np.full((self.batch_size, self.seq_len), self._tokenizer.pad_id, dtype=np.int32)
-    mask = np.zeros((self.batch_size, self.seq_len), dtype=np.bool_)
-    for row, index in enumerate(self.document_indices(position)):
+  def batch(self, position: int, rows: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """tokens int32[n, L] (pad_id after eos) and mask bool[n, L] (True on bos..eos).
+
+    `rows` (indices into the global batch, default all B) picks the rows to build: only their
+    documents are read and tokenized.
+    """
+    indices = self.document_indices(position)
+    if rows is not None:
+      rows = np.asarray(rows, dtype=np.int64)
+      if rows.ndim != 1 or np.any((rows < 0) | (rows >= self.batch_size)):
+        raise ValueError(f'rows must index the batch of {self.batch_size}, got {rows.tolist()}')
+      indices = indices[rows]
+    tokens = np.full((len(indices), self.seq_len), self._tokenizer.pad_id, dtype=np.int32)
+    mask = np.zeros((len(indices), self.seq_len), dtype=np.bool_)
+    for row, index in enumerate(indices):
       ids = self.document_tokens(int(index))
       tokens[row, :len(ids)] = ids
       mask[row, :len(ids)] = True

@@ -110,11 +110,14 @@ def first_slurm_host(node_list: str) -> str:
 
 
 def running_on_cloud_tpu(env: Mapping[str, str] | None = None,
-                         pci_root: str = '/sys/bus/pci/devices') -> bool:
+                         pci_root: str = '/sys/bus/pci/devices',
+                         libtpu_installed: bool | None = None) -> bool:
   """A Cloud TPU VM (or GKE TPU node): libtpu is installed and a TPU chip or the TPU runtime's
   environment is present."""
   env = os.environ if env is None else env
-  if importlib.util.find_spec('libtpu') is None:
+  if libtpu_installed is None:
+    libtpu_installed = importlib.util.find_spec('libtpu') is not None
+  if not libtpu_installed:
     return False
   return any(name in env for name in _TPU_ENV_HINTS) or _tpu_pci_device_present(pci_root)
 
@@ -147,13 +150,12 @@ def initialize(startup: Startup) -> None:
   jax.distributed.initialize(**startup.initialize_args)
 
 
-def describe_process(startup: Startup | None = None) -> str:
+def describe_process() -> str:
   """One line for this host's log: process index, local and global device counts, platform."""
   import jax  # pylint: disable=import-outside-toplevel
   local = jax.local_devices()
-  source = f' (start-up: {startup.source})' if startup is not None else ''
   return (f'process {jax.process_index()}/{jax.process_count()}: {len(local)} local '
-          f'{local[0].platform} devices, {jax.device_count()} in all{source}')
+          f'{local[0].platform} devices, {jax.device_count()} in all')
 
 
 def is_primary_process() -> bool:

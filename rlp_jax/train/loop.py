@@ -1,5 +1,10 @@
 """The training loop: build everything from the config, resume if the workdir has a checkpoint,
-run jitted steps with a progress bar, write metrics and checkpoints."""
+run jitted steps with a progress bar, write metrics and checkpoints.
+
+On several processes (after `parallel.distributed.initialize`) every process runs this same loop:
+each reads and tokenizes only its rows of the batch, all of them save and restore the checkpoint
+(orbax writes each process's shards), and only process 0 prints and writes metrics.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -8,10 +13,11 @@ import os
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 from tqdm import tqdm
@@ -23,9 +29,10 @@ from rlp_jax.data.corpora import load_documents
 from rlp_jax.errors import ConfigError
 from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
+from rlp_jax.parallel.distributed import describe_process, is_primary_process
 from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.sharding import (batch_sharding, check_batch_divides, create_sharded_state,
-                                       put_batch)
+                                       process_rows, put_batch, replicated)
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.metrics_writer import MetricsWriter
 from rlp_jax.train.optimizer import make_optimizer
@@ -45,7 +52,23 @@ class TrainResult:
 
 
 def _say(message: str) -> None:
-  tqdm.write(f'[rlp_jax] {message}')
+  """Prints on process 0 only (every process runs the same loop)."""
+  if is_primary_process():
+    tqdm.write(f'[rlp_jax] {message}')
+
+
+def _process_zero_first(build: Callable[[], Any]) -> Any:
+  """Runs `build` on process 0, then on the others: a corpus or tokenizer built on first use under
+  a shared data dir is written once, not raced by every process."""
+  if jax.process_count() == 1:
+    return build()
+  if not is_primary_process():
+    multihost_utils.sync_global_devices('rlp_jax: data prepared')
+    return build()
+  try:
+    return build()
+  finally:  # an error here reaches the others too: they build next and meet it themselves
+    multihost_utils.sync_global_devices('rlp_jax: data prepared')
 
 
 def train(config: ml_collections.ConfigDict, workdir: str,
@@ -57,12 +80,14 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   """
   validate_config(config)
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  tqdm.write(f'[rlp_jax] {describe_process()}')  # once per host
+  if is_primary_process():
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
+      f.write(config.to_json_best_effort(indent=2))
 
-  documents = load_documents(config.data)
-  tokenizer = build_tokenizer(config.tokenizer, config.data)
+  documents, tokenizer = _process_zero_first(lambda: (
+      load_documents(config.data), build_tokenizer(config.tokenizer, config.data)))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ConfigError(f'config key `model.vocab_size` ({config.model.vocab_size}) is smaller than '
                       f'the tokenizer vocabulary ({tokenizer.vocab_size})')
@@ -79,6 +104,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   state, state_sharding = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
                                                config.mesh.rules)
   documents_sharding = batch_sharding(mesh, config.mesh.rules)
+  local_rows = process_rows(documents_sharding, config.data.batch_size)  # this process's rows
+  count_tokens = jax.jit(jnp.sum, out_shardings=replicated(mesh))  # over all processes' rows
 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               every=config.train.checkpoint_every,
@@ -97,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     _say(f'starting from {weights_source}')
   else:
     _say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
-  writer = MetricsWriter(workdir, resume_step=first_step)
+  writer = MetricsWriter(workdir, resume_step=first_step, enabled=is_primary_process())
   _say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
        f'writing to {workdir}')
 
@@ -106,20 +133,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                             think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
     rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
                             state_sharding)
-    train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch)
+    train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens)
   else:
-    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding))
+    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding), count_tokens)
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   position = int(state.data_position)
   step = first_step
   progress = tqdm(total=num_steps, initial=first_step, desc='train', unit='step',
-                  disable=not config.train.progress_bar, dynamic_ncols=True)
+                  disable=not (config.train.progress_bar and is_primary_process()),
+                  dynamic_ncols=True)
   stop_request = _StopRequest()
   try:
     with stop_request:
       while step < last_step and not stop_request.requested:
-        batch = put_batch(batches.batch(position), documents_sharding)
+        batch = put_batch(batches.batch(position, rows=local_rows), documents_sharding,
+                          config.data.batch_size)
         state, metrics = train_step(state, batch)
         step, position = step + 1, position + 1
         history.append(metrics)
@@ -151,7 +180,8 @@ class _StopRequest:
   """Turns the first Ctrl-C into a request to stop after the current step (and checkpoint).
 
   A KeyboardInterrupt raised inside a jitted call would lose the donated train state; a second
-  Ctrl-C interrupts at once.
+  Ctrl-C interrupts at once. Only for a single process: processes that stopped after different
+  steps would wait on each other's collectives forever, so there Ctrl-C interrupts at once.
   """
 
   def __init__(self):
@@ -165,7 +195,7 @@ class _StopRequest:
     tqdm.write('[rlp_jax] stopping after this step (Ctrl-C again to abort without saving)')
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
       self._previous = signal.signal(signal.SIGINT, self._handle)
     return self
 
@@ -174,21 +204,23 @@ class _StopRequest:
       signal.signal(signal.SIGINT, self._previous)
 
 
-def _timed(train_step):
+def _timed(train_step, count_tokens):
   """Next-token step with host-side throughput metrics."""
 
   def step(state, batch):
     start = time.perf_counter()
     state, metrics = train_step(state, batch)
     metrics = jax.device_get(metrics)
-    metrics['update_tokens_per_s'] = float(np.sum(batch['mask'])) / (time.perf_counter() - start)
+    tokens = float(count_tokens(batch['mask']))
+    metrics['update_tokens_per_s'] = tokens / (time.perf_counter() - start)
     return state, metrics
 
   return step
 
 
-def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, state: TrainState,
-                    batch: dict[str, Any]) -> tuple[TrainState, dict[str, float]]:
+def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
+                    state: TrainState, batch: dict[str, Any],
+                    ) -> tuple[TrainState, dict[str, float]]:
   """One rollout, then `updates_per_batch` updates on it; update metrics averaged over them."""
   start = time.perf_counter()
   state, rollout = rollout_fn(state, batch)
@@ -205,7 +237,7 @@ def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, state: TrainS
     metrics[name] = float(np.mean([m[name] for m in per_update]))
   metrics['clip_fraction_last_update'] = float(per_update[-1]['clip_fraction'])
   metrics['rollout_tokens_per_s'] = metrics['thought_tokens'] / rollout_seconds
-  trained_tokens = metrics['thought_tokens'] + float(np.sum(batch['mask']))
+  trained_tokens = metrics['thought_tokens'] + float(count_tokens(batch['mask']))
   metrics['update_tokens_per_s'] = trained_tokens * updates_per_batch / update_seconds
   return state, metrics
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from rlp_jax.models.shared_prefix import DocumentKV, empty_thought_cache, thought_forward
 from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.rollout.reasoned_evidence import ScoredSequences, build_scored_sequences
-from rlp_jax.rollout.thought_sampler import Prompts, Thoughts, _pick
+from rlp_jax.rollout.thought_sampler import Prompts, Thoughts, decode_thoughts
 
 
 def thought_prompts(tokens: jax.Array, positions: jax.Array, group_size: int,
@@ -52,33 +52,8 @@ def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv
 
   cache = empty_thought_cache(model_config, batch, num_thoughts, limit + 1)
   logits, cache = forward(prompts.tokens, prompts.positions, prompts.mask, cache)
-  logprob_temperature = temperature if temperature > 0 else 1.0
-
-  def body(carry):
-    u, cache, last_logits, done, key, out_tokens, out_logp, out_mask = carry
-    key, sub = jax.random.split(key)
-    token = _pick(sub, last_logits, temperature)
-    logp = token_log_probs(last_logits, token, logprob_temperature)
-    active = ~done
-    token = jnp.where(active, token, pad_id)
-    out_tokens = out_tokens.at[:, u].set(token)
-    out_logp = out_logp.at[:, u].set(jnp.where(active, logp, 0.0))
-    out_mask = out_mask.at[:, u].set(active)
-    done = done | (token == think_end_id)
-    step_positions = (prompts.scored_position + 1 + u)[:, None]
-    step_logits, cache = forward(token[:, None], step_positions, active[:, None], cache)
-    return u + 1, cache, step_logits, done, key, out_tokens, out_logp, out_mask
-
-  def cond(carry):
-    u, done = carry[0], carry[3]
-    return (u < limit) & ~jnp.all(done)
-
-  init = (jnp.zeros((), jnp.int32), cache, logits, jnp.zeros((rows,), jnp.bool_), key,
-          jnp.full((rows, limit), pad_id, jnp.int32), jnp.zeros((rows, limit), jnp.float32),
-          jnp.zeros((rows, limit), jnp.bool_))
-  _, _, _, done, _, out_tokens, out_logp, out_mask = jax.lax.while_loop(cond, body, init)
-  return Thoughts(tokens=out_tokens, log_probs=out_logp, mask=out_mask,
-                  length=out_mask.sum(axis=1).astype(jnp.int32), ended=done)
+  return decode_thoughts(forward, logits, cache, prompts.scored_position, key, limit,
+                         temperature, think_end_id, pad_id)
 
 
 def build_thought_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: int,

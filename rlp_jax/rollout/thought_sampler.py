@@ -6,7 +6,7 @@ decodes at the same cache column; RoPE positions count from the document start.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -80,6 +80,25 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
   cache = registry.init_cache(model_config, rows, prompt_len + limit)
   logits, cache = registry.forward(graphdef, params, prompts.tokens, prompts.positions,
                                    prompts.mask, cache)
+
+  def step_forward(token, positions, active, cache):
+    step_logits, cache = registry.forward(graphdef, params, token, positions, active, cache)
+    return step_logits[:, -1], cache
+
+  return decode_thoughts(step_forward, logits[:, -1], cache, prompts.scored_position, key,
+                         limit, temperature, think_end_id, pad_id)
+
+
+def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
+                    scored_position: jax.Array, key: jax.Array, max_thought_tokens: int,
+                    temperature: float, think_end_id: int, pad_id: int) -> Thoughts:
+  """The sampling loop both prefix modes share, after their prefill.
+
+  `step_forward(token [R, 1], positions [R, 1], active [R, 1], cache) -> (logits [R, V], cache)`
+  runs one cached decode step; `first_logits` [R, V] predict the first thought token. One key
+  split per step, so both modes draw the same tokens from the same key.
+  """
+  rows, limit = first_logits.shape[0], max_thought_tokens
   logprob_temperature = temperature if temperature > 0 else 1.0
 
   def body(carry):
@@ -93,16 +112,15 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
     out_logp = out_logp.at[:, u].set(jnp.where(active, logp, 0.0))
     out_mask = out_mask.at[:, u].set(active)
     done = done | (token == think_end_id)
-    step_positions = (prompts.scored_position + 1 + u)[:, None]
-    step_logits, cache = registry.forward(graphdef, params, token[:, None], step_positions,
-                                          active[:, None], cache)
-    return u + 1, cache, step_logits[:, -1], done, key, out_tokens, out_logp, out_mask
+    step_positions = (scored_position + 1 + u)[:, None]
+    step_logits, cache = step_forward(token[:, None], step_positions, active[:, None], cache)
+    return u + 1, cache, step_logits, done, key, out_tokens, out_logp, out_mask
 
   def cond(carry):
     u, done = carry[0], carry[3]
     return (u < limit) & ~jnp.all(done)
 
-  init = (jnp.zeros((), jnp.int32), cache, logits[:, -1], jnp.zeros((rows,), jnp.bool_), key,
+  init = (jnp.zeros((), jnp.int32), cache, first_logits, jnp.zeros((rows,), jnp.bool_), key,
           jnp.full((rows, limit), pad_id, jnp.int32), jnp.zeros((rows, limit), jnp.float32),
           jnp.zeros((rows, limit), jnp.bool_))
   _, _, _, done, _, out_tokens, out_logp, out_mask = jax.lax.while_loop(cond, body, init)

@@ -1,6 +1,8 @@
-"""Shared-prefix path (DESIGN §2) against the naive re-encode path: same samples for the same key,
-same thought log-probs, S_pred, rewards, advantages, losses and parameter gradients (fp32), with
-scored positions at the first allowed position, inside the document and at its last token."""
+"""Shared-prefix path (DESIGN §2) against the naive re-encode path, for the dense (Qwen3) and the
+hybrid (Nemotron-H: Mamba2 + attention + MLP) families: same samples for the same key, same
+thought log-probs, S_pred, rewards, advantages, losses and parameter gradients (fp32), with scored
+positions at the first allowed position, inside the document, at its last token and (hybrid,
+Mamba chunk size 4) exactly at chunk boundaries and one past them."""
 from __future__ import annotations
 
 import functools
@@ -14,6 +16,7 @@ from rlp_jax.config_schema import base_config
 from rlp_jax.models import registry
 from rlp_jax.models.attention import grouped_query_attention
 from rlp_jax.models.shared_prefix import document_kv, shared_prefix_attention, thought_forward
+from rlp_jax.models.ssd import ssd_chunked_scan
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.shared_prefix_sampler import (build_thought_sequences, sample_thoughts_shared,
                                                    score_thoughts_shared, thought_prompts)
@@ -29,10 +32,25 @@ LIMIT = 6
 REL = 1e-5
 
 
-def model_config():
+FAMILIES = ('dense', 'hybrid')
+CHUNK = 4  # the hybrid's Mamba chunk: documents of 12 tokens are 3 chunks
+
+
+def model_config(family='dense'):
   config = base_config().model
   config.update(dict(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2,
                      num_heads=4, num_kv_heads=2, head_dim=8, init_std=0.3))
+  if family == 'hybrid':
+    # init_std 0.2, not 0.3: at 0.3 the gradients of the B/C conv leaves are strongly cancelling
+    # sums, and the naive reference's own fp32 rounding there is 1.2e-5 of the leaf (measured
+    # against the same computation in float64, where the two paths agree to 7e-15).
+    pattern = 'M*-M'
+    config.update(dict(family='hybrid', layer_pattern=pattern, num_layers=len(pattern),
+                       init_std=0.2,
+                       tie_embeddings=False, mamba_num_heads=4, mamba_head_dim=8,
+                       ssm_state_size=8, mamba_n_groups=2, mamba_conv_kernel=4,
+                       mamba_chunk_size=CHUNK, mamba_dt_limit_min=0.0,
+                       mamba_dt_limit_max=float('inf')))
   return config
 
 
@@ -53,8 +71,12 @@ def documents():
   return {'tokens': jnp.asarray(np.where(mask, tokens, PAD)), 'mask': jnp.asarray(mask)}
 
 
-# first allowed (2), inside (6, 3), last token of each document (11, 4, 3).
-POSITIONS = jnp.asarray([[2, 6, 11], [2, 3, 4], [2, 3, 3]], jnp.int32)
+# dense: first allowed (2), inside (6, 3), last token of each document (11, 4, 3).
+# hybrid (chunk 4): the thought at t starts from the state after t tokens: t = 8 and 4 end exactly
+# on a chunk boundary, t = 5 is one past it, 3 and 11 inside a chunk, 2 the first allowed, 11/4/3
+# the documents' last tokens.
+POSITIONS = {'dense': jnp.asarray([[2, 6, 11], [2, 3, 4], [2, 3, 3]], jnp.int32),
+             'hybrid': jnp.asarray([[5, 8, 11], [2, 3, 4], [2, 3, 3]], jnp.int32)}
 
 
 def assert_close(got, want, rel=REL):
@@ -65,22 +87,23 @@ def assert_close(got, want, rel=REL):
   assert error <= rel, (error, scale)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _naive(graphdef, params, batch, temperature, key):
-  prompts = build_prompts(batch['tokens'], POSITIONS, GROUP, THINK_START)
-  thoughts = sample_thoughts(graphdef, params, model_config(), prompts, key, LIMIT, temperature,
-                             THINK_END, PAD)
+@functools.partial(jax.jit, static_argnums=(0, 3, 5))
+def _naive(graphdef, params, batch, temperature, key, family):
+  prompts = build_prompts(batch['tokens'], POSITIONS[family], GROUP, THINK_START)
+  thoughts = sample_thoughts(graphdef, params, model_config(family), prompts, key, LIMIT,
+                             temperature, THINK_END, PAD)
   sequences = build_scored_sequences(prompts, thoughts, THINK_END, PAD)
   return (thoughts,) + score_thoughts(graphdef, params, sequences, LIMIT, temperature)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _shared(graphdef, params, batch, temperature, key):
+@functools.partial(jax.jit, static_argnums=(0, 3, 5))
+def _shared(graphdef, params, batch, temperature, key, family):
   tokens = batch['tokens']
-  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
-  prompts = thought_prompts(tokens, POSITIONS, GROUP, THINK_START)
-  thoughts = sample_thoughts_shared(graphdef, params, model_config(), doc, prompts, key, LIMIT,
-                                    temperature, THINK_END, PAD)
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
+                       POSITIONS[family])
+  prompts = thought_prompts(tokens, POSITIONS[family], GROUP, THINK_START)
+  thoughts = sample_thoughts_shared(graphdef, params, model_config(family), doc, prompts, key,
+                                    LIMIT, temperature, THINK_END, PAD)
   sequences = build_thought_sequences(prompts, thoughts, THINK_END, PAD)
   return (thoughts,) + score_thoughts_shared(graphdef, params, doc, sequences, LIMIT, temperature)
 
@@ -109,23 +132,80 @@ def test_attention_equals_gqa_over_the_tiled_document_and_own_keys():
   assert np.all(np.asarray(got[0, 1, 2]) == 0.0)
 
 
-def test_document_kv_logits_are_the_model_forward():
-  graphdef, params = registry.init_params(model_config(), seed=0)
+@pytest.mark.parametrize('family', FAMILIES)
+def test_document_kv_logits_are_the_model_forward(family):
+  graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
   positions = document_positions(batch['tokens'])
-  logits, doc = document_kv(graphdef, params, batch['tokens'], positions, batch['mask'])
+  logits, doc = document_kv(graphdef, params, batch['tokens'], positions, batch['mask'],
+                            POSITIONS[family])
   expected, _ = registry.forward(graphdef, params, batch['tokens'], positions, batch['mask'])
-  np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
-  assert doc.keys[0].shape == (3, 12, 2, 8) and len(doc.values) == 2
+  if family == 'dense':
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
+    assert doc.keys[0].shape == (3, 12, 2, 8) and len(doc.values) == 2 and not doc.mamba
+  else:  # document_scan is the Mamba forward plus state read-outs: same numbers, not same ops
+    assert_close(logits, expected, rel=1e-6)
+    assert len(doc.keys) == 1 and len(doc.mamba) == 2
+    assert doc.mamba[0].ssm.shape == (3, 3, 4, 8, 8)  # [B, K, H, P, N]
 
 
-@pytest.mark.parametrize('temperature', [0.9, 0.0])
-def test_same_samples_log_probs_and_s_pred_as_naive(temperature):
-  graphdef, params = registry.init_params(model_config(), seed=0)
+def test_hybrid_document_states_equal_a_cache_filled_with_the_prefix():
+  """The Mamba state a thought at t starts from (read off the document's chunked scan) equals the
+  state a decode cache holds after prefilling x_<t alone (its own scan), every layer."""
+  config = model_config('hybrid')
+  graphdef, params = registry.init_params(config, seed=0)
   batch = documents()
-  naive, naive_logp, naive_s_pred = _naive(graphdef, params, batch, temperature, jax.random.key(1))
+  tokens = batch['tokens']
+  positions = POSITIONS['hybrid']
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
+                       positions)
+  for b in range(tokens.shape[0]):
+    for k in range(positions.shape[1]):
+      t = int(positions[b, k])
+      cache = registry.init_cache(config, 1, t)
+      _, cache = registry.forward(graphdef, params, tokens[b:b + 1, :t],
+                                  jnp.arange(t)[None], None, cache)
+      for got, want in zip(doc.mamba, cache.mamba):
+        for name in ('ssm', 'conv_x', 'conv_b', 'conv_c'):
+          assert_close(getattr(got, name)[b, k], getattr(want, name)[0], rel=2e-6)
+
+
+def test_ssd_states_after_any_prefix_equal_the_recurrence():
+  """ssd_chunked_scan(state_ends=…) vs a plain float64 numpy loop of the recurrence, from a
+  non-zero initial state, at 0 tokens, chunk ends, one past them, inside chunks and the end."""
+  batch, length, heads, head_dim, groups, state = 2, 13, 4, 3, 2, 5
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(batch, length, heads, head_dim))
+  dt = np.log1p(np.exp(rng.normal(size=(batch, length, heads))))
+  a = -np.exp(rng.normal(size=heads))
+  bb, cc = rng.normal(size=(2, batch, length, groups, state))
+  start = rng.normal(size=(batch, heads, head_dim, state))
+  ends = np.array([[0, 1, 4, 5, 13], [12, 8, 9, 3, 2]])
+  as32 = lambda t: jnp.asarray(t, jnp.float32)
+  _, _, got = ssd_chunked_scan(as32(x), as32(dt), as32(a), as32(bb), as32(cc), 4, as32(start),
+                               jnp.asarray(ends, jnp.int32))
+  per_group = heads // groups
+  for b in range(batch):
+    states = [start[b]]
+    for t in range(length):
+      s = states[-1].copy()
+      for h in range(heads):
+        g = h // per_group
+        s[h] = np.exp(dt[b, t, h] * a[h]) * s[h] + dt[b, t, h] * np.outer(x[b, t, h], bb[b, t, g])
+      states.append(s)
+    for k, end in enumerate(ends[b]):
+      assert_close(got[b, k], states[end])
+
+
+@pytest.mark.parametrize('family,temperature', [('dense', 0.9), ('dense', 0.0),
+                                                ('hybrid', 0.9), ('hybrid', 0.0)])
+def test_same_samples_log_probs_and_s_pred_as_naive(family, temperature):
+  graphdef, params = registry.init_params(model_config(family), seed=0)
+  batch = documents()
+  naive, naive_logp, naive_s_pred = _naive(graphdef, params, batch, temperature,
+                                           jax.random.key(1), family)
   shared, shared_logp, shared_s_pred = _shared(graphdef, params, batch, temperature,
-                                               jax.random.key(1))
+                                               jax.random.key(1), family)
   np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(naive.tokens))
   np.testing.assert_array_equal(np.asarray(shared.mask), np.asarray(naive.mask))
   np.testing.assert_array_equal(np.asarray(shared.ended), np.asarray(naive.ended))
@@ -138,23 +218,25 @@ def test_same_samples_log_probs_and_s_pred_as_naive(temperature):
   assert_close(shared_s_pred, naive_s_pred)
 
 
-@pytest.fixture(scope='module')
-def rollouts():
-  """(θ, φ, naive rollout, shared rollout) for one key; ε and kl_weight do not enter a rollout."""
-  graphdef, params = registry.init_params(model_config(), seed=0)
-  _, teacher = registry.init_params(model_config(), seed=1)
+@pytest.fixture(scope='module', params=FAMILIES)
+def rollouts(request):
+  """(family, θ, φ, naive rollout, shared rollout) for one key; ε and kl_weight do not enter a
+  rollout."""
+  family = request.param
+  graphdef, params = registry.init_params(model_config(family), seed=0)
+  _, teacher = registry.init_params(model_config(family), seed=1)
 
   @jax.jit
   def both(params, teacher):
-    args = (graphdef, params, teacher, jax.random.key(3), documents(), model_config(),
+    args = (graphdef, params, teacher, jax.random.key(3), documents(), model_config(family),
             rlp_config(), SPECIAL)
     return rollout_batch(*args), shared_rollout_batch(*args)
 
-  return (params, teacher) + both(params, teacher)
+  return (family, params, teacher) + both(params, teacher)
 
 
 def test_rollout_rewards_advantages_and_metrics_match_naive(rollouts):
-  _, _, naive, shared = rollouts
+  _, _, _, naive, shared = rollouts
   assert float(naive.metrics['skipped_positions']) == 1.0
   np.testing.assert_array_equal(np.asarray(shared.thought_mask), np.asarray(naive.thought_mask))
   assert_close(shared.old_log_probs, naive.old_log_probs)
@@ -168,8 +250,8 @@ def test_rollout_rewards_advantages_and_metrics_match_naive(rollouts):
 
 @pytest.mark.parametrize('kl_weight', [0.0, 0.5])
 def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
-  params, teacher, naive, shared = rollouts
-  graphdef, _ = registry.abstract_params(model_config())
+  family, params, teacher, naive, shared = rollouts
+  graphdef, _ = registry.abstract_params(model_config(family))
   rlp = rlp_config(kl_weight=kl_weight, epsilon_low=0.05, epsilon_high=0.05)
   # A later update of the rollout: θ ≠ θ_old, so ratios move and the clip band binds somewhere.
   noise = jax.tree.map(lambda x: 0.05 * jax.random.normal(jax.random.key(7), x.shape), params)
@@ -191,41 +273,56 @@ def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
     assert_close(flat_s[path], grad_n)
 
 
-def test_every_rollout_gradient_reaches_only_its_own_prefix():
-  graphdef, params = registry.init_params(model_config(), seed=0)
+@pytest.mark.parametrize('family', FAMILIES)
+def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
+  """A thought row's output has gradient into the document keys/values of its own document's
+  columns < t only and (hybrid) into the Mamba states of its own (document, position) only."""
+  graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
   tokens = batch['tokens']
-  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
-  prefix_len = jnp.repeat(POSITIONS, GROUP, axis=1)  # [B, N]
+  positions = POSITIONS[family]
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
+                       positions)
+  prefix_len = jnp.repeat(positions, GROUP, axis=1)  # [B, N]
   thought = jnp.full(prefix_len.shape + (2,), 7, jnp.int32)
   thought_positions = prefix_len[..., None] + jnp.arange(2)
   mask = jnp.ones(thought.shape, jnp.bool_)
 
   @jax.jit
-  def row_grads(keys_values, b, n):
-    def row_output(keys_values):
-      shared = doc.replace(keys=keys_values[0], values=keys_values[1])
+  def row_grads(differentiable, b, n):
+    def row_output(differentiable):
+      keys, values, mamba = differentiable
+      shared = doc.replace(keys=keys, values=values, mamba=mamba)
       logits, _ = thought_forward(graphdef, params, shared, prefix_len, thought,
                                   thought_positions, mask)
       return jnp.sum(logits[b, n, -1] ** 2)
-    return jax.grad(row_output)(keys_values)
+    return jax.grad(row_output)(differentiable)
 
   for b, n in [(0, 0), (0, 5), (1, 4), (2, 3)]:
-    grad_keys, grad_values = row_grads((doc.keys, doc.values), b, n)
+    grad_keys, grad_values, grad_mamba = row_grads((doc.keys, doc.values, doc.mamba), b, n)
     reach = np.asarray(jnp.any(grad_keys[0] != 0, axis=(2, 3))
                        | jnp.any(grad_values[-1] != 0, axis=(2, 3)))  # [B, L] columns reached
     t = int(prefix_len[b, n])
     expected = np.zeros_like(reach)
     expected[b, :t] = True
     np.testing.assert_array_equal(reach, expected)
+    for state in grad_mamba:  # [B, K, ...] per field: only (b, n // G) is reached
+      for field in (state.ssm, state.conv_x, state.conv_b, state.conv_c):
+        reached = np.asarray(jnp.any(field != 0, axis=tuple(range(2, field.ndim))))
+        expected = np.zeros_like(reached)
+        expected[b, n // GROUP] = True
+        np.testing.assert_array_equal(reached, expected)
 
 
-def test_document_keys_are_never_tiled_per_rollout():
-  graphdef, params = registry.init_params(model_config(), seed=0)
+@pytest.mark.parametrize('family', FAMILIES)
+def test_document_keys_are_never_tiled_per_rollout(family):
+  graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
   tokens = batch['tokens']
-  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'])
-  prefix_len = jnp.repeat(POSITIONS, GROUP, axis=1)
+  positions = POSITIONS[family]
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
+                       positions)
+  prefix_len = jnp.repeat(positions, GROUP, axis=1)
   thought = jnp.zeros(prefix_len.shape + (4,), jnp.int32)
   jaxpr = jax.make_jaxpr(lambda d: thought_forward(
       graphdef, params, d, prefix_len, thought, prefix_len[..., None] + jnp.arange(4),
@@ -234,4 +331,4 @@ def test_document_keys_are_never_tiled_per_rollout():
   rollouts = prefix_len.shape[1]
   tiled = [(batch_size, rollouts, length, 2, 8), (batch_size * rollouts, length, 2, 8)]
   shapes = [var.aval.shape for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars]
-  assert not any(shape in tiled for shape in shapes)
+  assert doc.keys and not any(shape in tiled for shape in shapes)

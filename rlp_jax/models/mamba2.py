@@ -122,6 +122,32 @@ class Mamba2Mixer(nnx.Module):
     return tuple(jnp.zeros((batch, window) + conv.bias.shape, x.dtype)
                  for conv in (self.conv_x, self.conv_b, self.conv_c))
 
+  def _streams(self, x: jax.Array, token_mask: jax.Array,
+               windows: tuple[jax.Array, ...]) -> tuple[list, list, list]:
+    """Masked conv inputs, fp32 conv outputs (x, B, C streams) and the new conv windows."""
+    keep = token_mask[:, :, None, None]
+    inputs, streams, new_windows = [], [], []
+    for proj, conv, window in zip((self.x_proj, self.b_proj, self.c_proj),
+                                  (self.conv_x, self.conv_b, self.conv_c), windows):
+      conv_input = jnp.where(keep, proj(x), 0)
+      convolved, new_window = conv(conv_input, window)
+      inputs.append(conv_input)
+      streams.append(jnp.where(keep, convolved, 0.0))
+      new_windows.append(new_window)
+    return inputs, streams, new_windows
+
+  def _step_sizes(self, x: jax.Array, token_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(dt [B, L, H] fp32, 0 on masked tokens; A [H])."""
+    dt = jax.nn.softplus(self.dt_proj(x).astype(jnp.float32)
+                         + self.dt_bias[...].astype(jnp.float32))
+    dt = jnp.where(token_mask[:, :, None], jnp.clip(dt, *self.dt_limits), 0.0)
+    return dt, -jnp.exp(self.A_log[...].astype(jnp.float32))
+
+  def _output(self, y: jax.Array, xs: jax.Array, x: jax.Array) -> jax.Array:
+    """out_proj(gated norm(y + D x)) [B, L, E]."""
+    y = y + self.D[...].astype(jnp.float32)[:, None] * xs
+    return self.out_proj(self.norm(y, self.z_proj(x)))
+
   def __call__(self, x: jax.Array, token_mask: jax.Array, state: MambaState | None = None,
                ) -> tuple[jax.Array, MambaState | None]:
     """x [B, L, E], token_mask bool [B, L], state: the layer's cache entry (None: no cache).
@@ -129,21 +155,10 @@ class Mamba2Mixer(nnx.Module):
     With a state, L == 1 takes one recurrent step and L > 1 runs the chunked scan from it.
     Returns the output [B, L, E] and the new state (None without a cache).
     """
-    keep = token_mask[:, :, None, None]
     windows = self._empty_windows(x) if state is None else (state.conv_x, state.conv_b,
                                                             state.conv_c)
-    streams, new_windows = [], []
-    for proj, conv, window in zip((self.x_proj, self.b_proj, self.c_proj),
-                                  (self.conv_x, self.conv_b, self.conv_c), windows):
-      convolved, new_window = conv(jnp.where(keep, proj(x), 0), window)
-      streams.append(jnp.where(keep, convolved, 0.0))
-      new_windows.append(new_window)
-    xs, bs, cs = streams  # fp32: [B, L, H, P], [B, L, G, N], [B, L, G, N]
-
-    dt = jax.nn.softplus(self.dt_proj(x).astype(jnp.float32)
-                         + self.dt_bias[...].astype(jnp.float32))
-    dt = jnp.where(token_mask[:, :, None], jnp.clip(dt, *self.dt_limits), 0.0)
-    a = -jnp.exp(self.A_log[...].astype(jnp.float32))
+    _, (xs, bs, cs), new_windows = self._streams(x, token_mask, windows)
+    dt, a = self._step_sizes(x, token_mask)
     if state is not None and x.shape[1] == 1:
       y, ssm = ssd_step(state.ssm, xs[:, 0], dt[:, 0], a, bs[:, 0], cs[:, 0])
       y = y[:, None]
@@ -152,9 +167,30 @@ class Mamba2Mixer(nnx.Module):
     else:
       y, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size,
                                 None if state is None else state.ssm)
-    y = y + self.D[...].astype(jnp.float32)[:, None] * xs
-    out = self.out_proj(self.norm(y, self.z_proj(x)))
+    out = self._output(y, xs, x)
     if state is None:
       return out, None
     return out, MambaState(conv_x=new_windows[0], conv_b=new_windows[1], conv_c=new_windows[2],
                            ssm=ssm)
+
+  def document_scan(self, x: jax.Array, token_mask: jax.Array, state_ends: jax.Array,
+                    ) -> tuple[jax.Array, MambaState]:
+    """The no-cache forward over documents [B, L, E] plus the layer's state after the first
+    `state_ends[b, k]` tokens of each row (int32 [B, K], ≥ 1): a MambaState whose arrays lead
+    with [B, K]. The SSM states come from the chunked scan (one partial chunk per state, no
+    re-scan); the conv windows are the conv inputs at positions state_ends − (K_conv − 1) … − 1
+    (zeros before the document start), exactly what a cache holds after that many tokens.
+    """
+    inputs, (xs, bs, cs), _ = self._streams(x, token_mask, self._empty_windows(x))
+    dt, a = self._step_sizes(x, token_mask)
+    y, _, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size, state_ends=state_ends)
+    window = self.conv_x.kernel.shape[0] - 1
+    columns = state_ends[:, :, None] + jnp.arange(window)  # in inputs left-padded by `window`
+
+    def window_at(conv_input: jax.Array) -> jax.Array:  # [B, L, ...] -> [B, K, window, ...]
+      padded = jnp.pad(conv_input, [(0, 0), (window, 0)] + [(0, 0)] * (conv_input.ndim - 2))
+      return jax.vmap(lambda rows, at: rows[at])(padded, columns)
+
+    conv_x, conv_b, conv_c = (window_at(t) for t in inputs)
+    return self._output(y, xs, x), MambaState(conv_x=conv_x, conv_b=conv_b, conv_c=conv_c,
+                                              ssm=ssm)

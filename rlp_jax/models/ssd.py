@@ -39,7 +39,8 @@ def _by_group(x: jax.Array, groups: int, axis: int) -> jax.Array:
 
 def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array,
                      chunk_size: int, initial_state: jax.Array | None = None,
-                     ) -> tuple[jax.Array, jax.Array]:
+                     state_ends: jax.Array | None = None,
+                     ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
   """The SSD recurrence over a whole sequence, chunk by chunk.
 
   Args:
@@ -49,9 +50,13 @@ def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c:
     b, c: [B, L, G, N] input and output projections of the state, per group.
     chunk_size: Q; sequences are zero-padded (dt = 0) to a multiple of min(Q, L).
     initial_state: [B, H, P, N] state before the first token (None: zeros).
+    state_ends: optional int32 [B, K]: also return the state after the first `state_ends[b, k]`
+      tokens of row b (0 ≤ state_ends ≤ L; 0 gives the initial state), taken from the chunk
+      states the scan computes anyway plus a partial sum inside one chunk per (b, k).
 
   Returns:
-    y [B, L, H, P] and the final state [B, H, P, N], both fp32.
+    y [B, L, H, P] and the final state [B, H, P, N], both fp32; with `state_ends` also the states
+    [B, K, H, P, N] there.
   """
   batch, length, heads, head_dim = x.shape
   groups, state_size = b.shape[2], b.shape[3]
@@ -75,8 +80,12 @@ def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c:
   decay = jnp.exp(segment_sum(log_decay))  # [b, c, g, r, l, s]
   y_within = jnp.einsum('bcgls,bcgrls,bcsgrp->bclgrp', scores, decay, x_dt)
 
-  # 2. The state each chunk adds by its end, starting from zero.
-  decay_to_end = jnp.exp(cumulative[..., -1:] - cumulative)  # [b, c, g, r, l]
+  # 2. The state each chunk adds by its end, starting from zero. The decay from token s to the
+  # chunk end is exp(Σ_{s<k<Q} dt_k A): a sum of same-signed terms (an exclusive reverse cumsum),
+  # not the difference cum[-1] − cum[s], which cancels badly in fp32 once |cum| is large.
+  reverse_cumulative = jnp.flip(jnp.cumsum(jnp.flip(log_decay, -1), axis=-1), -1)
+  after = jnp.concatenate([reverse_cumulative[..., 1:], jnp.zeros_like(log_decay[..., :1])], -1)
+  decay_to_end = jnp.exp(after)  # [b, c, g, r, l]
   chunk_states = jnp.einsum('bclgn,bcgrl,bclgrp->bcgrpn', b, decay_to_end, x_dt)
 
   # 3. Pass states across chunks: the state entering chunk i, from the initial state and chunks < i.
@@ -94,7 +103,32 @@ def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c:
   y_entering = jnp.einsum('bclgn,bcgrpn,bcgrl->bclgrp', c, entering, jnp.exp(cumulative))
 
   y = (y_within + y_entering).reshape(batch, num_chunks * chunk, heads, head_dim)[:, :length]
-  return y, final_state.reshape(batch, heads, head_dim, state_size)
+  final_state = final_state.reshape(batch, heads, head_dim, state_size)
+  if state_ends is None:
+    return y, final_state
+  states_at = _states_after(state_ends, x_dt, b, cumulative, decay, entering, chunk)
+  return y, final_state, states_at.reshape(state_ends.shape + (heads, head_dim, state_size))
+
+
+def _states_after(ends: jax.Array, x_dt: jax.Array, b: jax.Array, cumulative: jax.Array,
+                  decay: jax.Array, entering: jax.Array, chunk: int) -> jax.Array:
+  """The state after the first ends[b, k] tokens: [B, K, G, R, P, N].
+
+  With j = ends − 1 the last token taken, in chunk i = j // Q at offset l = j % Q:
+    S = exp(cum_l) · entering_i + Σ_{s ≤ l} decay[l, s] dt_s x_s ⊗ B_s
+  (decay = exp(segment_sum), the scan's own within-chunk decays). Only chunk i of each (b, k) is
+  gathered, so the cost is one chunk per requested state.
+  """
+  last = jnp.maximum(ends - 1, 0)
+  index, offset = last // chunk, last % chunk  # [B, K]
+  take = lambda t: jax.vmap(lambda rows, i: rows[i])(t, index)  # [B, C, ...] -> [B, K, ...]
+  x_dt, b, entering = take(x_dt), take(b), take(entering)  # [b,k,s,g,r,p] [b,k,s,g,n] [b,k,g,r,p,n]
+  row = lambda t: jax.vmap(jax.vmap(lambda t, l: t[..., l, :]))(t, offset)  # decay row l
+  weights = row(take(decay))  # [b, k, g, r, s]: 0 for s > l
+  at_offset = jax.vmap(jax.vmap(lambda t, l: t[..., l]))(take(cumulative), offset)  # [b, k, g, r]
+  state = (jnp.exp(at_offset)[..., None, None] * entering
+           + jnp.einsum('bksgn,bkgrs,bksgrp->bkgrpn', b, weights, x_dt))
+  return jnp.where((ends > 0)[:, :, None, None, None, None], state, entering)  # 0: chunk 0's
 
 
 def ssd_step(state: jax.Array, x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array,

@@ -50,7 +50,7 @@ def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv
         positions.reshape(batch, num_thoughts, -1), mask.reshape(batch, num_thoughts, -1), cache)
     return logits.reshape(rows, -1, logits.shape[-1])[:, -1], cache
 
-  cache = empty_thought_cache(model_config, batch, num_thoughts, limit + 1)
+  cache = empty_thought_cache(model_config, doc_kv, num_thoughts, limit + 1)
   logits, cache = forward(prompts.tokens, prompts.positions, prompts.mask, cache)
   return decode_thoughts(forward, logits, cache, prompts.scored_position, key, limit,
                          temperature, think_end_id, pad_id)

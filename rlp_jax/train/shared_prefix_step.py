@@ -45,7 +45,7 @@ def shared_rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: j
   baseline = token_log_probs(teacher_logits[:, :-1], tokens[:, 1:])  # [B, L-1]: log p_φ(x_t|x_<t)
   s_ema = jnp.repeat(jnp.take_along_axis(baseline, positions - 1, axis=1).reshape(-1), g)  # [R]
 
-  _, doc = document_kv(graphdef, params, tokens, doc_positions, mask)
+  _, doc = document_kv(graphdef, params, tokens, doc_positions, mask, positions)
   prompts = thought_prompts(tokens, positions, g, special.think_start_id)
   thoughts = sample_thoughts_shared(graphdef, params, model_config, doc, prompts, key_sample,
                                     limit, rlp.sample_temperature, special.think_end_id,
@@ -63,14 +63,18 @@ def shared_rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batc
   limit, temperature = rlp.max_thought_tokens, rlp.sample_temperature
   tokens, mask = batch['tokens'], batch['mask']
   doc_positions = document_positions(tokens)
-  logits, doc = document_kv(graphdef, params, tokens, doc_positions, mask)
+  # The scored positions t, [B, K]: every row (b, k, g) of a rollout starts its thought at t.
+  state_positions = rollout.sequences.positions[:, 0].reshape(
+      tokens.shape[0], rlp.positions_per_document, rlp.thoughts_per_position)[:, :, 0]
+  logits, doc = document_kv(graphdef, params, tokens, doc_positions, mask, state_positions)
   ntp_loss, _ = next_token_loss(logits, tokens, mask)
   new_log_probs, _ = score_thoughts_shared(graphdef, params, doc, rollout.sequences, limit,
                                            temperature)
   teacher_log_probs = None
   if rlp.kl_weight > 0:
     teacher = jax.lax.stop_gradient(teacher_params)
-    _, teacher_doc = document_kv(graphdef, teacher, tokens, doc_positions, mask)
+    _, teacher_doc = document_kv(graphdef, teacher, tokens, doc_positions, mask,
+                                 state_positions)
     teacher_log_probs, _ = score_thoughts_shared(graphdef, teacher, teacher_doc,
                                                  rollout.sequences, limit, temperature)
   return combine_update_loss(new_log_probs, teacher_log_probs, ntp_loss, rollout, rlp)

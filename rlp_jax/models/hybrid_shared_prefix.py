@@ -1,0 +1,123 @@
+"""Shared-prefix compute for the hybrid family (Nemotron-H, DESIGN §2).
+
+One document pass (`hybrid_document_kv`) keeps, per attention layer, the document's keys/values
+and, per Mamba2 layer, the recurrent state after the first t tokens for each of the K scored
+positions t, read off the document's own chunked scan (`Mamba2Mixer.document_scan`): the SSM state
+from the chunk states plus one partial chunk, the conv window from the conv inputs before t. No
+prefix is re-scanned. A thought of position t then starts its Mamba layers from those states and
+its attention layers attend into the document cache (prefix_attention.py), so `<think> c </think>
+x_t` after the shared document equals the naive path's forward over `x_<t <think> c </think> x_t`.
+
+Thought rows are B·N (row b·N + n, n = k·G + g); the K states of a document are repeated G = N/K
+times, once per thought, because each thought's state then evolves on its own. Nothing in the
+hybrid model depends on positions, so none are used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rlp_jax.models.hybrid import HybridDecoder
+from rlp_jax.models.hybrid_cache import HybridCache, MambaState
+from rlp_jax.models.kv_cache import KVCache, causal_attention_mask, empty_kv_cache
+from rlp_jax.models.prefix_attention import DocumentKV, attend_over_document, thought_masks
+
+
+def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, mask: jax.Array,
+                       state_positions: jax.Array) -> tuple[jax.Array, DocumentKV]:
+  """One causal forward over documents [B, L]: (fp32 logits [B, L, V], DocumentKV with Mamba
+  states at the K positions `state_positions` int32 [B, K] (each ≥ 1: after x_0 … x_{t-1}))."""
+  x = model.token_embedding(tokens)
+  attention_mask = causal_attention_mask(mask)
+  keys, values, states = [], [], []
+  for layer in model.layers:
+    normed = layer.norm(x)
+    if layer.kind == 'M':
+      out, state = layer.mixer.document_scan(normed, mask, state_positions)
+      states.append(state)
+    elif layer.kind == '*':
+      out, (layer_keys, layer_values) = layer.mixer(normed, None, None, attention_mask)
+      keys.append(layer_keys)
+      values.append(layer_values)
+    else:
+      out = layer.mixer(normed)
+    x = x + out
+  logits = model.logits(model.final_norm(x))
+  return logits, DocumentKV(keys=tuple(keys), values=tuple(values),
+                            valid=mask.astype(jnp.bool_), mamba=tuple(states))
+
+
+def thought_start_states(doc_kv: DocumentKV, thoughts_per_document: int) -> tuple[MambaState, ...]:
+  """Per Mamba layer, the state each of the B·N thought rows starts from: the document's state
+  at the thought's position, [B, K, ...] repeated to [B·N, ...] (n = k·G + g)."""
+  if not doc_kv.mamba:
+    return ()
+  batch, num_positions = doc_kv.mamba[0].ssm.shape[:2]
+  if thoughts_per_document % num_positions:
+    raise ValueError(f'{thoughts_per_document} thoughts per document are not a multiple of the '
+                     f'{num_positions} positions the document states were taken at')
+  group = thoughts_per_document // num_positions
+  rows = lambda t: jnp.repeat(t, group, axis=1).reshape((batch * thoughts_per_document,)
+                                                        + t.shape[2:])
+  return tuple(jax.tree.map(rows, state) for state in doc_kv.mamba)
+
+
+def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,
+                               max_len: int, dtype: Any) -> HybridCache:
+  """Own-thought cache of B·N rows: empty attention columns, Mamba states from the document."""
+  rows = doc_kv.valid.shape[0] * thoughts_per_document
+  attention = empty_kv_cache(model_config.layer_pattern.count('*'), rows, max_len,
+                             model_config.num_kv_heads, model_config.head_dim, dtype)
+  return HybridCache(attention=attention,
+                     mamba=thought_start_states(doc_kv, thoughts_per_document))
+
+
+def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len: jax.Array,
+                           thought_tokens: jax.Array, thought_mask: jax.Array,
+                           self_cache: HybridCache | None = None,
+                           ) -> tuple[jax.Array, HybridCache | None]:
+  """Thought tokens [B, N, Tq] over a shared document: (fp32 logits [B, N, Tq, V], new cache).
+
+  Mamba layers run each row from its document state (or the cache's state), attention layers
+  attend to document columns < prefix_len[b, n] plus the thought's own tokens.
+  """
+  batch, num_thoughts, length = thought_tokens.shape
+  rows = batch * num_thoughts
+  row_mask = thought_mask.reshape(rows, length)
+  own_kv = None if self_cache is None else self_cache.attention
+  masks = thought_masks(doc_kv, prefix_len, thought_mask, own_kv)
+  mamba_in = (thought_start_states(doc_kv, num_thoughts) if self_cache is None
+              else self_cache.mamba)
+  x = model.token_embedding(thought_tokens.reshape(rows, length))  # [B·N, Tq, E]
+  attention_index, mamba_index = 0, 0
+  new_keys, new_values, new_mamba = [], [], []
+  for layer in model.layers:
+    normed = layer.norm(x)
+    if layer.kind == 'M':
+      out, state = layer.mixer(normed, row_mask, mamba_in[mamba_index])
+      new_mamba.append(state)
+      mamba_index += 1
+    elif layer.kind == '*':
+      i = attention_index
+      cache_kv = None if own_kv is None else (own_kv.keys[i], own_kv.values[i])
+      out, written = attend_over_document(
+          layer.mixer, normed.reshape(batch, num_thoughts * length, -1), None, None,
+          doc_kv.keys[i], doc_kv.values[i], masks, cache_kv,
+          None if own_kv is None else own_kv.index)
+      out = out.reshape(x.shape)
+      if written is not None:
+        new_keys.append(written[0])
+        new_values.append(written[1])
+      attention_index += 1
+    else:
+      out = layer.mixer(normed)
+    x = x + out
+  logits = model.logits(model.final_norm(x)).reshape(batch, num_thoughts, length, -1)
+  if self_cache is None:
+    return logits, None
+  attention = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=masks.own_valid,
+                      index=own_kv.index + length)
+  return logits, HybridCache(attention=attention, mamba=tuple(new_mamba))

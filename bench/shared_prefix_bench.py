@@ -9,12 +9,15 @@ For each K·G it times, on the same random model, documents and key:
 Each time is the median of --repeats timed calls after one compiling warm-up call, the naive and
 shared calls alternating; each ratio (×) is the median of the per-repeat ratios.
 
-Model (Qwen3-shaped, random weights, fp32): vocab 2048, hidden 128, intermediate 384, 4 layers,
-4 query / 2 kv heads of dim 32, tied embeddings (≈ 1.05 M parameters). One document of 512 real
-tokens per step, K = 4 positions, G = K·G / 4 thoughts per position, T = 32 thought tokens.
+Model (random weights, fp32): dense = Qwen3-shaped, vocab 2048, hidden 128, intermediate 384,
+4 layers, 4 query / 2 kv heads of dim 32, tied embeddings (≈ 1.05 M parameters); --family hybrid
+= Nemotron-H-shaped, layers 'M*-M' (Mamba2: 8 heads × 32, state 64, 2 groups, chunk 64; GQA
+without RoPE; squared-ReLU MLP), untied. One document of 512 real tokens per step, K = 4
+positions, G = K·G / 4 thoughts per position, T = 32 thought tokens.
 
   python bench/shared_prefix_bench.py                  # K·G 16 and 64, doc 512, T 32
   python bench/shared_prefix_bench.py --thought-tokens 128 --rollouts 64
+  python bench/shared_prefix_bench.py --family hybrid
 """
 from __future__ import annotations
 
@@ -35,10 +38,19 @@ from rlp_jax.train.shared_prefix_step import shared_rlp_loss, shared_rollout_bat
 SPECIAL = SpecialTokens(think_start_id=3, think_end_id=4, pad_id=0)
 
 
-def bench_model_config(vocab: int = 2048, hidden: int = 128, layers: int = 4) -> Any:
+HYBRID_PATTERN = 'M*-M'  # two Mamba2 layers, one attention, one MLP (Nemotron-H's kinds)
+
+
+def bench_model_config(vocab: int = 2048, hidden: int = 128, layers: int = 4,
+                       family: str = 'dense') -> Any:
   config = base_config().model
   config.update(dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=3 * hidden,
                      num_layers=layers, num_heads=4, num_kv_heads=2, head_dim=hidden // 4))
+  if family == 'hybrid':
+    config.update(dict(family='hybrid', layer_pattern=HYBRID_PATTERN,
+                       num_layers=len(HYBRID_PATTERN), tie_embeddings=False,
+                       mamba_num_heads=8, mamba_head_dim=2 * hidden // 8, ssm_state_size=64,
+                       mamba_n_groups=2, mamba_conv_kernel=4, mamba_chunk_size=64))
   return config
 
 
@@ -64,7 +76,7 @@ def paired_seconds(naive: Callable[[], Any], shared: Callable[[], Any],
 
 def measure(rollouts: int, args: argparse.Namespace) -> dict[str, Any]:
   """Rollout and update timings of both paths at K·G = rollouts."""
-  model_config = bench_model_config()
+  model_config = bench_model_config(family=args.family)
   graphdef, params = registry.init_params(model_config, seed=0)
   rlp = base_config().rlp
   rlp.update(dict(positions_per_document=args.positions, thoughts_per_position=rollouts //
@@ -101,9 +113,11 @@ def main() -> None:
   parser.add_argument('--doc-len', type=int, default=512)
   parser.add_argument('--thought-tokens', type=int, default=32, help='T')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--family', choices=('dense', 'hybrid'), default='dense')
   args = parser.parse_args()
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; B={args.docs} doc_len='
-        f'{args.doc_len} K={args.positions} T={args.thought_tokens} repeats={args.repeats}')
+  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}; {args.family} model; '
+        f'B={args.docs} doc_len={args.doc_len} K={args.positions} T={args.thought_tokens} '
+        f'repeats={args.repeats}')
   header = ('| K·G | thought tokens | naive rollout tok/s | shared rollout tok/s | rollout × '
             '| naive update s | shared update s | update × | same samples | max Δlogp |')
   rows = [header, '|' + '---|' * 10]

@@ -112,7 +112,7 @@ def base_config() -> ml_collections.ConfigDict:
       kl_weight=0.0,  # weight of KL(θ‖φ) on thought tokens (paper: 0)
       updates_per_rollout=1,  # optimizer steps taken on one rollout batch
       advantage_estimator='group',  # see rlp_jax.objective.advantage
-      prefix_mode='naive',  # 'shared': one document pass serves all K·G rollouts (dense only)
+      prefix_mode='naive',  # 'shared': one document pass serves all K·G rollouts
   ))
   config.mesh = _group(dict(
       data=-1,  # data-parallel replicas (−1: all devices left over)
@@ -237,9 +237,6 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
   if rlp.min_context >= data.seq_len:
     raise ConfigError(f'config key `rlp.min_context` ({rlp.min_context}) must be < '
                       f'`data.seq_len` ({data.seq_len})')
-  if rlp.prefix_mode == 'shared' and model.family != 'dense':
-    raise ConfigError("config key `rlp.prefix_mode` 'shared' supports `model.family` 'dense' "
-                      "only so far; use 'naive'")
   from rlp_jax.objective.advantage import get_advantage_estimator  # pylint: disable=import-outside-toplevel
   get_advantage_estimator(rlp.advantage_estimator)  # unknown name → ConfigError naming the key
   if rlp.ema_decay > 1:

@@ -15,7 +15,7 @@ from rlp_jax.models import registry
 from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
-from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
+from rlp_jax.rollout.thought_sampler import build_prompts, pick_tokens, sample_thoughts
 from rlp_jax.train.ema import ema_update
 from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
 
@@ -219,3 +219,20 @@ def test_reward_is_s_pred_minus_s_ema_with_teacher_forward():
         logits, _ = registry.forward(graphdef, teacher, prefix, jnp.arange(t)[None, :])
         s_ema.append(float(jax.nn.log_softmax(logits[0, -1])[batch['tokens'][b, t]]))
   np.testing.assert_allclose(float(rollout.metrics['s_ema_mean']), np.mean(s_ema), rtol=1e-5)
+
+
+@pytest.mark.parametrize('temperature', [0.7, 1.0, 2.5])
+def test_sampling_draws_from_the_tempered_softmax(temperature):
+  """The sampler's per-step draw: frequencies over 200k rows within 5 binomial standard
+  deviations of softmax(logits / temperature) (float64 numpy), and a −inf logit never drawn."""
+  logits = np.array([1.5, -0.5, 0.0, -np.inf, 2.0, -3.0], np.float32)
+  rows = 200_000
+  tokens = np.asarray(pick_tokens(jax.random.key(0), jnp.broadcast_to(logits, (rows, 6)),
+                                  temperature))
+  scaled = np.where(np.isinf(logits), -np.inf, logits.astype(np.float64) / temperature)
+  probs = np.exp(scaled - scaled.max())
+  probs /= probs.sum()
+  counts = np.bincount(tokens, minlength=6)
+  assert counts[3] == 0
+  sigma = np.sqrt(rows * probs * (1 - probs))
+  assert np.all(np.abs(counts - rows * probs) <= 5 * sigma + 1e-9), (counts, rows * probs)

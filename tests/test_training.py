@@ -4,6 +4,7 @@ import os
 import shutil
 
 import numpy as np
+import pytest
 
 from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import read_metrics
@@ -160,7 +161,15 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(small_config,
   assert losses(interrupted) == losses(reference)
 
 
-def test_shared_prefix_mode_trains_like_the_naive_mode(small_config, tmp_path):
+HYBRID_MODEL = dict(family='hybrid', layer_pattern='M*-M', num_layers=4, mamba_num_heads=4,
+                    mamba_head_dim=16, ssm_state_size=16, mamba_n_groups=2, mamba_conv_kernel=4,
+                    mamba_chunk_size=16)
+
+
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+def test_shared_prefix_mode_trains_like_the_naive_mode(small_config, tmp_path, family):
+  if family == 'hybrid':
+    small_config.model.update(HYBRID_MODEL)
   small_config.train.num_steps = 3
   rows = {}
   for mode in ('naive', 'shared'):

@@ -60,10 +60,18 @@ def build_prompts(tokens: jax.Array, positions: jax.Array, group_size: int,
                  next_token=tokens[doc, t].astype(jnp.int32))
 
 
-def _pick(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+def pick_tokens(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Array:
+  """One token per row of logits [R, V]: argmax at temperature 0, else a draw from
+  softmax(logits / temperature) by inverse CDF: one uniform per row against the cumulative
+  probabilities. (Gumbel-max, `jax.random.categorical`, needs R·V random numbers per step: on CPU
+  that was ≈ 0.6 ms of a ≈ 3 ms decode step at R 16, V 2048.) A token of probability 0 is never
+  drawn: the CDF does not rise there."""
   if temperature == 0.0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, logits.astype(jnp.float32) / temperature).astype(jnp.int32)
+  cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32) / temperature, axis=-1), axis=-1)
+  u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
+  token = jnp.sum(cdf <= u, axis=-1)  # the first index whose CDF exceeds u
+  return jnp.minimum(token, logits.shape[-1] - 1).astype(jnp.int32)
 
 
 def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prompts,
@@ -104,7 +112,7 @@ def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
   def body(carry):
     u, cache, last_logits, done, key, out_tokens, out_logp, out_mask = carry
     key, sub = jax.random.split(key)
-    token = _pick(sub, last_logits, temperature)
+    token = pick_tokens(sub, last_logits, temperature)
     logp = token_log_probs(last_logits, token, logprob_temperature)
     active = ~done
     token = jnp.where(active, token, pad_id)

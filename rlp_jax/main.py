@@ -56,6 +56,10 @@ def main(argv: list[str]) -> None:
     fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
   if not _WORKDIR.value and not _DRY_RUN.value:
     fail('--workdir is required (where metrics, event files and checkpoints go)')
+  if _WORKDIR.value and '://' in _WORKDIR.value:
+    fail(f'--workdir {_WORKDIR.value!r}: URL workdirs (gs://, s3://) are not supported; mount the '
+         'bucket or a shared filesystem on every host (gcsfuse, Filestore/NFS) and pass its local '
+         'path (docs/launch.md)')
   try:
     config = _CONFIG.value  # loaded lazily: a broken config file fails on first access
     config.keys()

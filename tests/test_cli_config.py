@@ -49,6 +49,12 @@ def test_missing_workdir_is_reported(tmp_path):
   assert_one_line_error(run_cli(), '--workdir')
 
 
+def test_url_workdir_is_refused_not_written_under_the_cwd(tmp_path):
+  result = run_cli('--workdir=gs://bucket/run', cwd=str(tmp_path))
+  assert_one_line_error(result, 'gs://bucket/run', 'gcsfuse')
+  assert not os.listdir(tmp_path)  # nothing written to a local ./gs:/bucket/run
+
+
 def test_wrong_type_in_config_file_names_the_key(tmp_path):
   config_file = tmp_path / 'typo_config.py'
   config_file.write_text(

@@ -4,7 +4,7 @@ Each document is encoded once (`models.shared_prefix.document_kv`); its N = K·G
 (b, n) of [B, N] with n = k·G + g, i.e. the naive path's row r = (b·K + k)·G + g = b·N + n.
 Outputs use the naive path's flat [R, ...] layout (`Thoughts`, log-probs, S_pred), so everything
 downstream (reward, advantage, surrogate) is shared. For the same key the samples are the naive
-sampler's: one key split per decode step, one inverse-CDF draw per row (thought_sampler.pick_tokens).
+sampler's: one key split per decode step, one Gumbel-max draw per row (thought_sampler.pick_tokens).
 
 A thought row (b, n) is `<think> c </think> x_t` at RoPE positions t, t+1, ... attending to the
 document columns < t: exactly `reasoned_evidence.build_scored_sequences` with a one-token prompt.

@@ -9,6 +9,7 @@ of layers; the table says which.
 
   python bench/dry_run_table.py                 # every case (tens of minutes on 2 CPU cores)
   python bench/dry_run_table.py --only qwen     # the cases whose name contains 'qwen'
+  python bench/dry_run_table.py --exact --only 'nano12b 8xH100 fsdp=8;nano12b v5p-64 data=4 fsdp=8'
 """
 from __future__ import annotations
 
@@ -59,11 +60,25 @@ CASES = [
     Case('nano12b v5p-64 data=4 fsdp=8', 'nano12b', 32, (4, 8, 1), 32, (9, 18)),
     Case('nano12b 8xH100 fsdp=4 tensor=2, G=4 L=512', 'nano12b', 8, (1, 4, 2), 4, (9, 18),
          workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('nano12b 8xH100 fsdp=8, G=4 L=512', 'nano12b', 8, (1, 8, 1), 8, (9, 18),
+         workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('nano12b v5p-64 data=4 fsdp=8, G=4 L=512', 'nano12b', 32, (4, 8, 1), 32, (9, 18),
+         workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('nano12b v5p-64 data=4 fsdp=4 tensor=2, G=4 L=512', 'nano12b', 32, (4, 4, 2), 16,
+         (9, 18), workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('nano12b v5p-64 fsdp=16 tensor=2, G=4 L=512', 'nano12b', 32, (1, 16, 2), 16, (9, 18),
+         workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 4}),
+    Case('nano12b v5p-64 fsdp=16 tensor=2, G=8 L=512', 'nano12b', 32, (1, 16, 2), 16, (9, 18),
+         workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 8}),
+    Case('nano12b v5p-64 fsdp=16 tensor=2, L=512', 'nano12b', 32, (1, 16, 2), 16, (9, 18),
+         workload={'data.seq_len': 512}),
 ]
 
 
 def case_config(case: Case, num_layers: int | None):
   import importlib  # pylint: disable=import-outside-toplevel
+  if REPO not in sys.path:  # configs/ is a directory of the repository, not a package on the path
+    sys.path.insert(0, REPO)
   config = importlib.import_module(f'configs.{case.config}').get_config()
   for key, value in dict(WORKLOAD, **case.workload, **{'data.batch_size': case.batch}).items():
     group, name = key.split('.')
@@ -143,13 +158,16 @@ def main() -> None:
   parser.add_argument('--layers', type=int, help=argparse.SUPPRESS)
   parser.add_argument('--compile', type=int, default=1, help=argparse.SUPPRESS)
   parser.add_argument('--only', default='', help='run the cases whose name contains this')
+  parser.add_argument('--exact', action='store_true',
+                      help='--only names whole cases, separated by ";"')
   args = parser.parse_args()
   if args.case is not None:
     child(args.case, args.layers, bool(args.compile))
     return
   rows = []
   for index, case in enumerate(CASES):
-    if args.only in case.name:
+    wanted = (case.name in args.only.split(';')) if args.exact else args.only in case.name
+    if wanted:
       rows.append(measure(index))
       print(json.dumps(rows[-1]), flush=True)
   print('\n'.join(markdown(rows)))

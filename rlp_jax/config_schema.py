@@ -15,10 +15,20 @@ from rlp_jax.errors import ConfigError
 _DTYPES = ('float32', 'bfloat16')
 
 
-# Logical axis name → mesh axes (None: replicated). One table for parameters and activations.
+# Logical axis name → mesh axes (None: replicated). One table for parameters and activations:
+# parameters use `embed`, `mlp`, `heads`, ...; activations use `batch`, `length` and the
+# `activation_*` names (the activation's feature dimensions, kept apart from the parameters'
+# because `embed` shards parameters over fsdp while the residual stream must not be).
 DEFAULT_LOGICAL_AXIS_RULES = (
     ('batch', ('data', 'fsdp')),
     ('length', None),
+    ('activation_embed', None),
+    ('activation_heads', 'tensor'),
+    ('activation_kv_heads', 'tensor'),
+    ('activation_mlp', 'tensor'),
+    ('activation_vocab', 'tensor'),
+    ('activation_mamba_heads', 'tensor'),
+    ('activation_mamba_groups', 'tensor'),
     ('vocab', 'tensor'),
     ('embed', 'fsdp'),
     ('mlp', 'tensor'),
@@ -75,6 +85,9 @@ def base_config() -> ml_collections.ConfigDict:
       param_dtype='float32',
       compute_dtype='float32',
       init_std=0.02,
+      # 'block': each decoder layer's forward is rematerialised in the backward pass (only the
+      # residual stream between layers is kept); 'none': every activation is kept.
+      remat='block',
       # hybrid family only (ignored by 'dense'): one character per layer, M Mamba2, * attention,
       # - MLP (squared ReLU); each layer is x + mixer(RMSNorm(x)); attention has no RoPE.
       layer_pattern='',
@@ -149,6 +162,7 @@ _CHOICES = {
     'model.family': ('dense', 'hybrid'),
     'model.param_dtype': _DTYPES,
     'model.compute_dtype': _DTYPES,
+    'model.remat': ('none', 'block'),
     'optimizer.schedule': ('cosine', 'constant'),
     'rlp.prefix_mode': ('naive', 'shared'),
 }

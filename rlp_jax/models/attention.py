@@ -9,7 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.models.kv_cache import write_columns
-from rlp_jax.models.layers import Projection, RMSNorm, apply_rope
+from rlp_jax.models.layers import (KV_AXES, QUERY_AXES, RESIDUAL_AXES, Projection, RMSNorm,
+                                   apply_rope)
+from rlp_jax.parallel.activation_sharding import constrain
 
 _MASKED_SCORE = -1e30  # finite, so a query with no visible key stays finite (then zeroed)
 
@@ -70,15 +72,15 @@ class Attention(nnx.Module):
   def project_queries(self, x: jax.Array, cos: jax.Array | None,
                       sin: jax.Array | None) -> jax.Array:
     """Queries [B, L, H, D] (normed and rotated when configured)."""
-    queries = self.q_proj(x)
+    queries = constrain(self.q_proj(x), QUERY_AXES)
     return _maybe_rope(self.q_norm(queries) if self.qk_norm else queries, cos, sin)
 
   def project_kv(self, x: jax.Array, cos: jax.Array | None,
                  sin: jax.Array | None) -> tuple[jax.Array, jax.Array]:
     """Keys (normed and rotated when configured) and values [B, L, K, D] of the new tokens."""
-    keys = self.k_proj(x)
+    keys = constrain(self.k_proj(x), KV_AXES)
     keys = _maybe_rope(self.k_norm(keys) if self.qk_norm else keys, cos, sin)
-    return keys, self.v_proj(x)
+    return keys, constrain(self.v_proj(x), KV_AXES)
 
   def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array,
                past_kv: tuple[jax.Array, jax.Array] | None = None,
@@ -95,5 +97,5 @@ class Attention(nnx.Module):
     if past_kv is not None:
       keys = write_columns(past_kv[0], keys, write_index)
       values = write_columns(past_kv[1], values, write_index)
-    attended = grouped_query_attention(queries, keys, values, mask)
-    return self.o_proj(attended), (keys, values)
+    attended = constrain(grouped_query_attention(queries, keys, values, mask), QUERY_AXES)
+    return constrain(self.o_proj(attended), RESIDUAL_AXES), (keys, values)

@@ -12,6 +12,8 @@ Parameter tree (logical axes in brackets; mixer parameters: mamba2.py, attention
   final_norm.scale [norm]
   lm_head.kernel [embed, vocab]              (absent when tied)
 Positions are accepted and ignored: nothing in the model is position-dependent except causality.
+`residual_stream` runs embedding and layers (x before the final norm); `output_logits` applies the
+final norm and lm head, so a caller can take logits of only the columns it needs.
 """
 
 from __future__ import annotations
@@ -26,8 +28,11 @@ from rlp_jax.models.attention import Attention
 from rlp_jax.models.hybrid_cache import HybridCache, MambaState
 from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
                                      write_columns)
-from rlp_jax.models.layers import (Embedding, Projection, RMSNorm, SquaredReLUMLP, resolve_dtype)
+from rlp_jax.models.layers import (LOGITS_AXES, RESIDUAL_AXES, Embedding, Projection, RMSNorm,
+                                   SquaredReLUMLP, layer_forward, remat_option,
+                                   resolve_dtype)
 from rlp_jax.models.mamba2 import Mamba2Mixer
+from rlp_jax.parallel.activation_sharding import constrain
 
 LayerState = tuple[jax.Array, jax.Array] | MambaState | None
 
@@ -65,7 +70,7 @@ class HybridBlock(nnx.Module):
       out, state = self.mixer(normed, None, None, attention_mask, state, write_index)
     else:
       out = self.mixer(normed)
-    return x + out, state
+    return constrain(x + out, RESIDUAL_AXES), state
 
 
 class HybridDecoder(nnx.Module):
@@ -75,6 +80,7 @@ class HybridDecoder(nnx.Module):
     param_dtype = resolve_dtype(config.param_dtype, 'model.param_dtype')
     compute_dtype = resolve_dtype(config.compute_dtype, 'model.compute_dtype')
     self.tie_embeddings = bool(config.tie_embeddings)
+    self.remat = remat_option(config)
     common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   rngs=rngs)
     self.token_embedding = Embedding(config.vocab_size, config.hidden_size, **common)
@@ -92,12 +98,24 @@ class HybridDecoder(nnx.Module):
     """fp32 logits [B, L, V] from final-normed hidden states."""
     if self.tie_embeddings:
       return self.token_embedding.attend(hidden)
-    return self.lm_head(hidden)
+    return constrain(self.lm_head(hidden), LOGITS_AXES)
+
+  def output_logits(self, x: jax.Array) -> jax.Array:
+    """fp32 logits [B, L, V] from the residual stream (final norm, then lm head)."""
+    return self.logits(self.final_norm(x))
 
   def __call__(self, tokens: jax.Array, positions: jax.Array,
                token_mask: jax.Array | None = None, cache: HybridCache | None = None,
                ) -> tuple[jax.Array, HybridCache | None]:
     """tokens int32 [B, L], positions (unused), token_mask bool [B, L] (None: all real)."""
+    x, cache = self.residual_stream(tokens, positions, token_mask, cache)
+    return self.output_logits(x), cache
+
+  def residual_stream(self, tokens: jax.Array, positions: jax.Array,
+                      token_mask: jax.Array | None = None, cache: HybridCache | None = None,
+                      ) -> tuple[jax.Array, HybridCache | None]:
+    """The residual stream after the last layer [B, L, E] (before the final norm) and the
+    updated cache (None without one). Without a cache the layers follow `model.remat`."""
     del positions
     if token_mask is None:
       token_mask = jnp.ones(tokens.shape, jnp.bool_)
@@ -105,8 +123,8 @@ class HybridDecoder(nnx.Module):
     if cache is None:
       attention_mask = causal_attention_mask(token_mask)
       for layer in self.layers:
-        x, _ = layer(x, token_mask, attention_mask)
-      return self.logits(self.final_norm(x)), None
+        x, _ = layer_forward(layer, x, token_mask, attention_mask, remat=self.remat)
+      return x, None
 
     kv = cache.attention
     valid = write_columns(kv.valid, token_mask, kv.index)
@@ -127,4 +145,4 @@ class HybridDecoder(nnx.Module):
     new_kv = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
                      index=kv.index + tokens.shape[1])
     new_cache = HybridCache(attention=new_kv, mamba=tuple(new_mamba))
-    return self.logits(self.final_norm(x)), new_cache
+    return x, new_cache

@@ -4,6 +4,8 @@ and RoPE.
 Every parameter is an `nnx.Param` carrying its logical axis names as the custom metadata field
 `logical_axes` (not flax's `sharding_names`, which flax shards eagerly and which needs a mesh).
 Parameters are stored in `param_dtype`; every layer computes in `compute_dtype`.
+Activations are pinned with `constrain` (a no-op outside a step's activation layout; see
+parallel/activation_sharding.py) under the logical names below.
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.errors import ConfigError
+from rlp_jax.parallel.activation_sharding import constrain
 
 LogicalAxes = tuple[str, ...]
+
+# Logical axes of activations (rules in config_schema.DEFAULT_LOGICAL_AXIS_RULES).
+RESIDUAL_AXES = ('batch', 'length', 'activation_embed')  # [B, L, E]
+MLP_HIDDEN_AXES = ('batch', 'length', 'activation_mlp')  # [B, L, M]
+QUERY_AXES = ('batch', 'length', 'activation_heads', 'head_dim')  # [B, L, H, D]
+KV_AXES = ('batch', 'length', 'activation_kv_heads', 'head_dim')  # [B, L, K, D]
+LOGITS_AXES = ('batch', 'length', 'activation_vocab')  # [B, L, V]
+
+REMAT_CHOICES = ('none', 'block')
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -72,13 +84,14 @@ class Embedding(nnx.Module):
                                   ('vocab', 'embed'))
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    return jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)
+    embedded = jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)
+    return constrain(embedded, RESIDUAL_AXES)
 
   def attend(self, x: jax.Array) -> jax.Array:
     """Logits in fp32 against the embedding table (tied lm head)."""
     table = self.embedding[...].astype(self.compute_dtype)
-    return jnp.einsum('ble,ve->blv', x.astype(self.compute_dtype), table,
-                      preferred_element_type=jnp.float32)
+    return constrain(jnp.einsum('ble,ve->blv', x.astype(self.compute_dtype), table,
+                                preferred_element_type=jnp.float32), LOGITS_AXES)
 
 
 class RMSNorm(nnx.Module):
@@ -114,7 +127,8 @@ class SwiGLU(nnx.Module):
                                 ('mlp', 'embed'), **common)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    hidden = constrain(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x), MLP_HIDDEN_AXES)
+    return constrain(self.down_proj(hidden), RESIDUAL_AXES)
 
 
 class SquaredReLUMLP(nnx.Module):
@@ -130,7 +144,65 @@ class SquaredReLUMLP(nnx.Module):
                                 ('mlp', 'embed'), **common)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down_proj(jnp.square(jax.nn.relu(self.up_proj(x))))
+    hidden = constrain(jnp.square(jax.nn.relu(self.up_proj(x))), MLP_HIDDEN_AXES)
+    return constrain(self.down_proj(hidden), RESIDUAL_AXES)
+
+
+def remat_option(model_config: Any) -> str:
+  """`model.remat` ('block' when a hand-built config lacks the key), checked."""
+  remat = model_config.get('remat', 'block')
+  if remat not in REMAT_CHOICES:
+    raise ConfigError(f'config key `model.remat` must be one of {list(REMAT_CHOICES)}, '
+                      f'got {remat!r}')
+  return remat
+
+
+def layer_forward(layer: nnx.Module, *args: Any, remat: str) -> Any:
+  """`layer(*args)`; with remat 'block' its forward is recomputed in the backward pass, so only
+  its inputs are kept (see `recomputed_in_backward`). The numbers are those of `layer(*args)`.
+
+  `args` are arrays (or pytrees of arrays / None); the first is the residual stream.
+  """
+  if remat == 'none':
+    return layer(*args)
+  if remat != 'block':
+    raise ConfigError(f'config key `model.remat` must be one of {list(REMAT_CHOICES)}, '
+                      f'got {remat!r}')
+  graphdef, state = nnx.split(layer)
+
+  def pure_forward(state: nnx.State, *args: Any) -> Any:
+    return nnx.merge(graphdef, state)(*args)
+
+  return recomputed_in_backward(pure_forward)(state, *args)
+
+
+def recomputed_in_backward(fn):
+  """`fn(state, x, *rest)` whose backward pass recomputes the forward from the saved inputs
+  (what `jax.checkpoint` does), with the recomputation tied to the incoming cotangent.
+
+  `jax.checkpoint` keeps XLA from hoisting the recomputation with optimization barriers, which
+  XLA CPU removes before it schedules, so there the recomputed forward of every layer runs early
+  and everything stays live (the `--dry_run` estimate would show no saving). Here x enters the
+  recomputation as `x + 0 · g` (g one element of the cotangent): exactly x for finite g, and the
+  recomputation cannot start before layer i + 1's backward produced g, on any backend.
+  """
+
+  @jax.custom_vjp
+  def run(state, x, *rest):
+    return fn(state, x, *rest)
+
+  def forward(state, x, *rest):
+    return fn(state, x, *rest), (state, x, rest)
+
+  def backward(saved, cotangent):
+    state, x, rest = saved
+    first = jax.tree.leaves(cotangent)[0]
+    tie = (first.reshape(-1)[0] * 0).astype(x.dtype)
+    _, vjp = jax.vjp(fn, state, x + tie, *rest)
+    return vjp(cotangent)
+
+  run.defvjp(forward, backward)
+  return run
 
 
 def rope_cos_sin(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

@@ -90,6 +90,23 @@ def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions
   return model(tokens, positions, token_mask, cache)
 
 
+def forward_hidden(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array,
+                   positions: jax.Array, token_mask: jax.Array | None = None,
+                   cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+  """`forward` up to the last layer: the residual stream [B, L, E] (before the final norm, in
+  the compute dtype) and the updated cache. `logits_from_hidden` of any columns of it equals the
+  same columns of `forward`'s logits, so callers that need few columns skip the rest of the
+  [B, L, V] logits."""
+  model = nnx.merge(graphdef, params)
+  return model.residual_stream(tokens, positions, token_mask, cache)
+
+
+def logits_from_hidden(graphdef: nnx.GraphDef, params: Params, hidden: jax.Array) -> jax.Array:
+  """fp32 logits [..., L, V] of residual-stream columns [B, L, E] (final norm, then lm head)."""
+  model = nnx.merge(graphdef, params)
+  return model.output_logits(hidden)
+
+
 def init_cache(model_config: Any, batch_size: int, max_len: int) -> Cache:
   """Empty decode cache (zeros, nothing valid, index 0) in the compute dtype; SSM states fp32."""
   dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')

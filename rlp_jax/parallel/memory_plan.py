@@ -6,14 +6,16 @@ ShapeDtypeStructs with the shardings the run would use; `jit(...).lower(...).com
 XLA's partitioner and buffer assignment for the mesh. Two kinds of numbers come out:
   from shapes and shardings (exact on any backend): θ, φ, optimizer state, batch, rollout buffers;
   from the compiled step (`compiled.memory_analysis()`): arguments, outputs, aliased (donated)
-  bytes, temporaries. These come from the XLA *CPU* compiler on simulated devices: fusion and
-  rematerialisation differ on TPU/GPU, so take temporaries as an estimate, not a measurement.
+  bytes, temporaries. These come from the XLA *CPU* compiler on simulated devices, with its
+  memory-minimising scheduler (MEMORY_SCHEDULER_FLAG): fusion and scheduling differ on TPU/GPU,
+  so take temporaries as an estimate, not a measurement.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import time
 from typing import Any
 
@@ -48,8 +50,25 @@ def simulated_device_count(mesh_config: ml_collections.ConfigDict, requested: in
   return math.prod(sizes)
 
 
+# XLA CPU's default scheduler orders work for thread concurrency, not memory: it runs the
+# recomputed forward of a rematerialised layer as early as the original one, so remat saves
+# nothing, and it roughly doubles the temporaries of a plain step. TPU and GPU schedule under a
+# memory limit (and apply remat after scheduling); the memory-minimising CPU scheduler is the
+# closer estimate of what they keep live.
+MEMORY_SCHEDULER_FLAG = '--xla_cpu_enable_concurrency_optimized_scheduler=false'
+
+
+def use_memory_minimising_scheduler() -> None:
+  """Adds MEMORY_SCHEDULER_FLAG to XLA_FLAGS; like the device count, before the backend starts."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if MEMORY_SCHEDULER_FLAG not in flags.split():
+    os.environ['XLA_FLAGS'] = f'{flags} {MEMORY_SCHEDULER_FLAG}'.strip()
+
+
 def simulate_cpu_devices(num_devices: int) -> None:
-  """Makes JAX start with `num_devices` CPU devices; must run before any backend use."""
+  """Makes JAX start with `num_devices` CPU devices scheduled for memory (see
+  MEMORY_SCHEDULER_FLAG); must run before any backend use."""
+  use_memory_minimising_scheduler()
   try:
     jax.config.update('jax_platforms', 'cpu')
     jax.config.update('jax_num_cpu_devices', num_devices)
@@ -152,7 +171,7 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
       # Token ids only need to lie in the vocabulary: shapes do not depend on them.
       special = SpecialTokens(think_start_id=1, think_end_id=2, pad_id=0)
       rollout_fn, update_fn = make_rlp_step(graphdef, config.model, config.rlp, special, tx,
-                                            schedule, state_sharding)
+                                            schedule, state_sharding, config.mesh.rules)
       rollout_exe, compiled['rollout'] = _compile(rollout_fn, state, batch)
       rollout = _with_shardings(jax.eval_shape(rollout_fn, state, batch)[1],
                                 rollout_exe.output_shardings[1])
@@ -160,7 +179,8 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
       _, compiled['update'] = _compile(update_fn, state, batch, rollout)
     else:
       _, compiled['train_step'] = _compile(
-          make_train_step(graphdef, tx, schedule, state_sharding), state, batch)
+          make_train_step(graphdef, tx, schedule, state_sharding, config.mesh.rules), state,
+          batch)
   return MemoryPlan(mesh=dict(zip(MESH_AXES, mesh.devices.shape)), num_devices=mesh.size,
                     num_params=registry.count_params(config.model), state_bytes=sizes,
                     compiled=compiled)

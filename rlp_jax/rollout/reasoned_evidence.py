@@ -54,11 +54,15 @@ def build_scored_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: i
 
 def score_thoughts(graphdef: Any, params: Any, sequences: ScoredSequences, max_thought_tokens: int,
                    temperature: float) -> tuple[jax.Array, jax.Array]:
-  """(thought log-probs float32 [R, T] at the sampling temperature, S_pred float32 [R])."""
-  logits, _ = registry.forward(graphdef, params, sequences.tokens, sequences.positions,
-                               sequences.mask)
+  """(thought log-probs float32 [R, T] at the sampling temperature, S_pred float32 [R]).
+
+  Logits are computed only for the T + 2 columns that predict the thought region, not for the
+  prompt: the prompt's [R, P, V] fp32 logits would be most of the step's memory."""
+  hidden, _ = registry.forward_hidden(graphdef, params, sequences.tokens, sequences.positions,
+                                      sequences.mask)
   start = sequences.prompt_length - 1  # the `<think>` column predicts the first thought token
-  region_logits = logits[:, start:start + max_thought_tokens + 2]  # predicts region[0..T+1]
+  region_logits = registry.logits_from_hidden(  # column u predicts region[u], u = 0..T+1
+      graphdef, params, hidden[:, start:start + max_thought_tokens + 2])
   region_tokens = sequences.tokens[:, start + 1:start + 1 + max_thought_tokens + 2]
   thought_log_probs = token_log_probs(region_logits[:, :max_thought_tokens],
                                       region_tokens[:, :max_thought_tokens],

@@ -79,21 +79,22 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
                     think_end_id: int, pad_id: int) -> Thoughts:
   """Samples up to T tokens per row after `<think>`, stopping a row at `</think>`.
 
-  Prefill once, then one cached decode step per token inside a `lax.while_loop` that also stops
-  when every row has ended: fixed shapes, compiled once. temperature 0 decodes greedily (its
-  recorded log-probs are then untempered).
+  Prefill once (logits of its last column only), then one cached decode step per token inside
+  a `lax.while_loop` that also stops when every row has ended: fixed shapes, compiled once.
+  temperature 0 decodes greedily (its recorded log-probs are then untempered).
   """
   rows, prompt_len = prompts.tokens.shape
   limit = max_thought_tokens
   cache = registry.init_cache(model_config, rows, prompt_len + limit)
-  logits, cache = registry.forward(graphdef, params, prompts.tokens, prompts.positions,
-                                   prompts.mask, cache)
+  hidden, cache = registry.forward_hidden(graphdef, params, prompts.tokens, prompts.positions,
+                                          prompts.mask, cache)
+  first_logits = registry.logits_from_hidden(graphdef, params, hidden[:, -1:])[:, 0]  # [R, V]
 
   def step_forward(token, positions, active, cache):
     step_logits, cache = registry.forward(graphdef, params, token, positions, active, cache)
     return step_logits[:, -1], cache
 
-  return decode_thoughts(step_forward, logits[:, -1], cache, prompts.scored_position, key,
+  return decode_thoughts(step_forward, first_logits, cache, prompts.scored_position, key,
                          limit, temperature, think_end_id, pad_id)
 
 

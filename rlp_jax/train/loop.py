@@ -132,10 +132,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     special = SpecialTokens(think_start_id=tokenizer.think_start_id,
                             think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
     rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
-                            state_sharding)
+                            state_sharding, config.mesh.rules)
     train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens)
   else:
-    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding), count_tokens)
+    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding,
+                                        config.mesh.rules), count_tokens)
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   position = int(state.data_position)

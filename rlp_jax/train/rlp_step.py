@@ -16,6 +16,7 @@ import optax
 
 from rlp_jax.models import registry
 from rlp_jax.objective import next_token_loss, token_log_probs
+from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
@@ -28,6 +29,17 @@ from rlp_jax.train.step import document_positions
 Batch = dict[str, jax.Array]
 
 
+def baseline_evidence(graphdef: Any, teacher_params: Any, tokens: jax.Array, mask: jax.Array,
+                      positions: jax.Array) -> jax.Array:
+  """S_ema [B, K] = log p_φ(x_t | x_<t) at the scored positions, from one teacher forward whose
+  logits are computed only at the K columns t − 1 (not [B, L, V])."""
+  hidden, _ = registry.forward_hidden(graphdef, teacher_params, tokens, document_positions(tokens),
+                                      mask)
+  before = jnp.take_along_axis(hidden, (positions - 1)[:, :, None], axis=1)  # [B, K, E]
+  logits = registry.logits_from_hidden(graphdef, teacher_params, before)  # [B, K, V]
+  return token_log_probs(logits, jnp.take_along_axis(tokens, positions, axis=1))
+
+
 def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Array, batch: Batch,
                   model_config: ml_collections.ConfigDict, rlp: ml_collections.ConfigDict,
                   special: SpecialTokens) -> Rollout:
@@ -38,10 +50,7 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid = choose_positions(key_positions, mask, k, rlp.min_context)
 
-  teacher_logits, _ = registry.forward(graphdef, teacher_params, tokens, document_positions(tokens),
-                                       mask)
-  baseline = token_log_probs(teacher_logits[:, :-1], tokens[:, 1:])  # [B, L-1]: log p_φ(x_t|x_<t)
-  s_ema = jnp.take_along_axis(baseline, positions - 1, axis=1)  # [B, K]
+  s_ema = baseline_evidence(graphdef, teacher_params, tokens, mask, positions)  # [B, K]
   s_ema = jnp.repeat(s_ema.reshape(-1), g)  # [R]
 
   prompts = build_prompts(tokens, positions, g, special.think_start_id)
@@ -72,9 +81,11 @@ def rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch, roll
 def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
                   rlp: ml_collections.ConfigDict, special: SpecialTokens,
                   tx: optax.GradientTransformation, schedule: optax.Schedule,
-                  state_sharding: TrainState | None = None) -> tuple[Callable, Callable]:
+                  state_sharding: TrainState | None = None,
+                  rules: Any = None) -> tuple[Callable, Callable]:
   """(rollout, update), both jitted; see the module docstring. With `state_sharding` (on a mesh)
-  both return the state in that layout."""
+  both return the state in that layout; with `rules` too (the config's `mesh.rules`) the model's
+  activations are pinned by them on that mesh (parallel/activation_sharding.py)."""
 
   if rlp.prefix_mode == 'shared':
     from rlp_jax.train.shared_prefix_step import (  # pylint: disable=import-outside-toplevel
@@ -82,18 +93,22 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
     rollout_fn, loss_fn = shared_rollout_batch, shared_rlp_loss
   else:
     rollout_fn, loss_fn = rollout_batch, rlp_loss
+  mesh = mesh_of(state_sharding)
 
   def rollout(state: TrainState, batch: Batch) -> tuple[TrainState, Rollout]:
     state, key = state.next_key()
     state = state.replace(data_position=state.data_position + 1)  # this batch is consumed
-    return constrain_state(state, state_sharding), rollout_fn(
-        graphdef, state.params, state.teacher_params, key, batch, model_config, rlp, special)
+    with activation_layout(mesh, rules):
+      rollout_data = rollout_fn(graphdef, state.params, state.teacher_params, key, batch,
+                                model_config, rlp, special)
+    return constrain_state(state, state_sharding), rollout_data
 
   def update(state: TrainState, batch: Batch,
              rollout_data: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
-                                  rollout_data, rlp)
+    with activation_layout(mesh, rules):
+      (_, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
+                                    rollout_data, rlp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     teacher = ema_update(state.teacher_params, params, rlp.ema_decay)

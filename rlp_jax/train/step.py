@@ -13,6 +13,7 @@ import optax
 
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
+from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.train.state import TrainState, constrain_state
 
 Batch = dict[str, jax.Array]
@@ -25,13 +26,15 @@ def document_positions(tokens: jax.Array) -> jax.Array:
 
 
 def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    state_sharding: TrainState | None = None,
+                    state_sharding: TrainState | None = None, rules: Any = None,
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated.
 
   With `state_sharding` (on a mesh) the returned state keeps that layout; inputs arrive already
-  sharded (the state from `create_sharded_state`, the batch from `put_batch`).
+  sharded (the state from `create_sharded_state`, the batch from `put_batch`). With `rules` too
+  (the config's `mesh.rules`) the model's activations are pinned by them on that mesh.
   """
+  mesh = mesh_of(state_sharding)
 
   def loss_fn(params, batch):
     tokens, mask = batch['tokens'], batch['mask']
@@ -41,7 +44,9 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     state, _ = state.next_key()  # the RLP objective draws its rollout keys here
-    (loss, num_predicted), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+    with activation_layout(mesh, rules):
+      (loss, num_predicted), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params,
+                                                                               batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {

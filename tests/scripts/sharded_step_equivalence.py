@@ -49,7 +49,7 @@ def run(config, mesh_shape):
   graphdef, _ = registry.abstract_params(config.model)
   special = SpecialTokens(think_start_id=3, think_end_id=4, pad_id=0)
   rollout_fn, update_fn = make_rlp_step(graphdef, config.model, config.rlp, special, tx,
-                                        schedule, shardings)
+                                        schedule, shardings, config.mesh.rules)
   rng = np.random.default_rng(0)
   tokens = rng.integers(5, 64, size=(8, 16)).astype(np.int32)
   mask = np.arange(16)[None, :] < rng.integers(6, 17, size=(8, 1))

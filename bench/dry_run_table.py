@@ -24,10 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIB = 2**30
 
 # The RLP workload of every case: one scored position per document, G = 16 thoughts of up to
-# 128 tokens, documents of 1024 tokens, one document per batch shard.
+# 128 tokens, documents of 1024 tokens, one document per batch shard; the naive prefix path unless
+# the case says 'shared prefix' (the default of rlp.prefix_mode).
 WORKLOAD = {'data.seq_len': 1024, 'rlp.positions_per_document': 1,
             'rlp.thoughts_per_position': 16, 'rlp.max_thought_tokens': 128,
-            'rlp.min_context': 128}
+            'rlp.min_context': 128, 'rlp.prefix_mode': 'naive'}
 NANO12B_BLOCK = 'M-M-M-M*-'  # nano12b's pattern is 6 of these, then 'M-M-M-M-' (62 layers)
 
 
@@ -72,6 +73,14 @@ CASES = [
          workload={'data.seq_len': 512, 'rlp.thoughts_per_position': 8}),
     Case('nano12b v5p-64 fsdp=16 tensor=2, L=512', 'nano12b', 32, (1, 16, 2), 16, (9, 18),
          workload={'data.seq_len': 512}),
+    Case('nano12b 8xH100 fsdp=4 tensor=2, shared prefix', 'nano12b', 8, (1, 4, 2), 4, (9, 18),
+         workload={'rlp.prefix_mode': 'shared'}),
+    Case('nano12b 8xH100 fsdp=8, shared prefix', 'nano12b', 8, (1, 8, 1), 8, (9, 18),
+         workload={'rlp.prefix_mode': 'shared'}),
+    Case('nano12b v5p-64 data=4 fsdp=8, shared prefix', 'nano12b', 32, (4, 8, 1), 32, (9, 18),
+         workload={'rlp.prefix_mode': 'shared'}),
+    Case('nano12b v5p-64 fsdp=16 tensor=2, shared prefix', 'nano12b', 32, (1, 16, 2), 16,
+         (9, 18), workload={'rlp.prefix_mode': 'shared'}),
 ]
 
 

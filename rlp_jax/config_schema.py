@@ -125,7 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
       kl_weight=0.0,  # weight of KL(θ‖φ) on thought tokens (paper: 0)
       updates_per_rollout=1,  # optimizer steps taken on one rollout batch
       advantage_estimator='group',  # see rlp_jax.objective.advantage
-      prefix_mode='naive',  # 'shared': one document pass serves all K·G rollouts
+      prefix_mode='shared',  # one document pass serves all K·G rollouts; 'naive': re-encode
+      # x_<t per rollout (the reference the shared path is tested against)
   ))
   config.mesh = _group(dict(
       data=-1,  # data-parallel replicas (−1: all devices left over)

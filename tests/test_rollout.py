@@ -12,7 +12,6 @@ import pytest
 
 from rlp_jax.config_schema import base_config
 from rlp_jax.models import registry
-from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.thought_sampler import build_prompts, pick_tokens, sample_thoughts

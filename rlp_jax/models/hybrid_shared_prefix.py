@@ -15,6 +15,7 @@ hybrid model depends on positions, so none are used.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -23,7 +24,45 @@ import jax.numpy as jnp
 from rlp_jax.models.hybrid import HybridDecoder
 from rlp_jax.models.hybrid_cache import HybridCache, MambaState
 from rlp_jax.models.kv_cache import KVCache, causal_attention_mask, empty_kv_cache
-from rlp_jax.models.prefix_attention import DocumentKV, attend_over_document, thought_masks
+from rlp_jax.models.layers import RESIDUAL_AXES, layer_forward
+from rlp_jax.models.prefix_attention import (DocumentKV, ThoughtMasks, attend_over_document,
+                                             thought_masks)
+from rlp_jax.parallel.activation_sharding import constrain
+
+
+def _document_block(layer: Any, x: jax.Array, mask: jax.Array, attention_mask: jax.Array,
+                    state_positions: jax.Array) -> tuple[jax.Array, Any]:
+  """One block over the documents: (x + mixer(norm(x)), what the thoughts need from it: the
+  Mamba states at the positions, the attention keys/values, or None)."""
+  normed = layer.norm(x)
+  kept = None
+  if layer.kind == 'M':
+    out, kept = layer.mixer.document_scan(normed, mask, state_positions)
+  elif layer.kind == '*':
+    out, kept = layer.mixer(normed, None, None, attention_mask)
+  else:
+    out = layer.mixer(normed)
+  return constrain(x + out, RESIDUAL_AXES), kept
+
+
+def _thought_block(layer: Any, x: jax.Array, row_mask: jax.Array, mamba_state: Any,
+                   doc_keys: Any, doc_values: Any, masks: ThoughtMasks, cache_kv: Any,
+                   write_index: Any, *, num_thoughts: int) -> tuple[jax.Array, Any]:
+  """One block for thought rows x [B·N, Tq, E]: (new x, the Mamba state or the written own
+  keys/values, or None)."""
+  normed = layer.norm(x)
+  kept = None
+  if layer.kind == 'M':
+    out, kept = layer.mixer(normed, row_mask, mamba_state)
+  elif layer.kind == '*':
+    rows, length = x.shape[:2]
+    out, kept = attend_over_document(
+        layer.mixer, normed.reshape(rows // num_thoughts, num_thoughts * length, -1), None, None,
+        doc_keys, doc_values, masks, cache_kv, write_index)
+    out = out.reshape(x.shape)
+  else:
+    out = layer.mixer(normed)
+  return constrain(x + out, RESIDUAL_AXES), kept
 
 
 def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, mask: jax.Array,
@@ -34,17 +73,13 @@ def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, mask: jax.Array,
   attention_mask = causal_attention_mask(mask)
   keys, values, states = [], [], []
   for layer in model.layers:
-    normed = layer.norm(x)
+    x, kept = layer_forward(layer, x, mask, attention_mask, state_positions, remat=model.remat,
+                            call=_document_block)
     if layer.kind == 'M':
-      out, state = layer.mixer.document_scan(normed, mask, state_positions)
-      states.append(state)
+      states.append(kept)
     elif layer.kind == '*':
-      out, (layer_keys, layer_values) = layer.mixer(normed, None, None, attention_mask)
-      keys.append(layer_keys)
-      values.append(layer_values)
-    else:
-      out = layer.mixer(normed)
-    x = x + out
+      keys.append(kept[0])
+      values.append(kept[1])
   logits = model.logits(model.final_norm(x))
   return logits, DocumentKV(keys=tuple(keys), values=tuple(values),
                             valid=mask.astype(jnp.bool_), mamba=tuple(states))
@@ -92,29 +127,26 @@ def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len:
   mamba_in = (thought_start_states(doc_kv, num_thoughts) if self_cache is None
               else self_cache.mamba)
   x = model.token_embedding(thought_tokens.reshape(rows, length))  # [B·N, Tq, E]
-  attention_index, mamba_index = 0, 0
   new_keys, new_values, new_mamba = [], [], []
+  remat = model.remat if self_cache is None else 'none'  # decoding takes no gradient
+  block = functools.partial(_thought_block, num_thoughts=num_thoughts)
+  attention_index = 0
   for layer in model.layers:
-    normed = layer.norm(x)
+    state = doc_keys = doc_values = cache_kv = write_index = None
     if layer.kind == 'M':
-      out, state = layer.mixer(normed, row_mask, mamba_in[mamba_index])
-      new_mamba.append(state)
-      mamba_index += 1
+      state = mamba_in[len(new_mamba)]
     elif layer.kind == '*':
-      i = attention_index
-      cache_kv = None if own_kv is None else (own_kv.keys[i], own_kv.values[i])
-      out, written = attend_over_document(
-          layer.mixer, normed.reshape(batch, num_thoughts * length, -1), None, None,
-          doc_kv.keys[i], doc_kv.values[i], masks, cache_kv,
-          None if own_kv is None else own_kv.index)
-      out = out.reshape(x.shape)
-      if written is not None:
-        new_keys.append(written[0])
-        new_values.append(written[1])
-      attention_index += 1
-    else:
-      out = layer.mixer(normed)
-    x = x + out
+      i, attention_index = attention_index, attention_index + 1
+      doc_keys, doc_values = doc_kv.keys[i], doc_kv.values[i]
+      if own_kv is not None:
+        cache_kv, write_index = (own_kv.keys[i], own_kv.values[i]), own_kv.index
+    x, kept = layer_forward(layer, x, row_mask, state, doc_keys, doc_values, masks, cache_kv,
+                            write_index, remat=remat, call=block)
+    if layer.kind == 'M':
+      new_mamba.append(kept)
+    elif layer.kind == '*' and kept is not None:
+      new_keys.append(kept[0])
+      new_values.append(kept[1])
   logits = model.logits(model.final_norm(x)).reshape(batch, num_thoughts, length, -1)
   if self_cache is None:
     return logits, None

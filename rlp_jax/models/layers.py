@@ -10,7 +10,7 @@ parallel/activation_sharding.py) under the logical names below.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -157,21 +157,24 @@ def remat_option(model_config: Any) -> str:
   return remat
 
 
-def layer_forward(layer: nnx.Module, *args: Any, remat: str) -> Any:
-  """`layer(*args)`; with remat 'block' its forward is recomputed in the backward pass, so only
-  its inputs are kept (see `recomputed_in_backward`). The numbers are those of `layer(*args)`.
+def layer_forward(layer: nnx.Module, *args: Any, remat: str,
+                  call: Callable[..., Any] | None = None) -> Any:
+  """`layer(*args)` (or `call(layer, *args)`); with remat 'block' its forward is recomputed in the
+  backward pass, so only its inputs are kept (see `recomputed_in_backward`). The numbers are
+  those of the plain call.
 
   `args` are arrays (or pytrees of arrays / None); the first is the residual stream.
   """
+  call = call or (lambda module, *inputs: module(*inputs))
   if remat == 'none':
-    return layer(*args)
+    return call(layer, *args)
   if remat != 'block':
     raise ConfigError(f'config key `model.remat` must be one of {list(REMAT_CHOICES)}, '
                       f'got {remat!r}')
   graphdef, state = nnx.split(layer)
 
   def pure_forward(state: nnx.State, *args: Any) -> Any:
-    return nnx.merge(graphdef, state)(*args)
+    return call(nnx.merge(graphdef, state), *args)
 
   return recomputed_in_backward(pure_forward)(state, *args)
 

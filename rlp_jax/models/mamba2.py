@@ -34,8 +34,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.models.hybrid_cache import MambaState
-from rlp_jax.models.layers import LogicalAxes, Projection, logical_param, normal_param
+from rlp_jax.models.layers import (RESIDUAL_AXES, LogicalAxes, Projection, logical_param,
+                                   normal_param)
 from rlp_jax.models.ssd import ssd_chunked_scan, ssd_step
+from rlp_jax.parallel.activation_sharding import constrain
+
+# Logical axes of the mixer's activations (rules in config_schema.DEFAULT_LOGICAL_AXIS_RULES).
+_HEAD_STREAM_AXES = ('batch', 'length', 'activation_mamba_heads', 'mamba_head_dim')  # [B,L,H,P]
+_GROUP_STREAM_AXES = ('batch', 'length', 'activation_mamba_groups', 'ssm_state')  # [B,L,G,N]
+_STEP_SIZE_AXES = ('batch', 'length', 'activation_mamba_heads')  # [B, L, H]
 
 
 class CausalConv(nnx.Module):
@@ -127,9 +134,10 @@ class Mamba2Mixer(nnx.Module):
     """Masked conv inputs, fp32 conv outputs (x, B, C streams) and the new conv windows."""
     keep = token_mask[:, :, None, None]
     inputs, streams, new_windows = [], [], []
-    for proj, conv, window in zip((self.x_proj, self.b_proj, self.c_proj),
-                                  (self.conv_x, self.conv_b, self.conv_c), windows):
-      conv_input = jnp.where(keep, proj(x), 0)
+    for proj, conv, window, axes in zip(
+        (self.x_proj, self.b_proj, self.c_proj), (self.conv_x, self.conv_b, self.conv_c), windows,
+        (_HEAD_STREAM_AXES, _GROUP_STREAM_AXES, _GROUP_STREAM_AXES)):
+      conv_input = constrain(jnp.where(keep, proj(x), 0), axes)
       convolved, new_window = conv(conv_input, window)
       inputs.append(conv_input)
       streams.append(jnp.where(keep, convolved, 0.0))
@@ -141,12 +149,13 @@ class Mamba2Mixer(nnx.Module):
     dt = jax.nn.softplus(self.dt_proj(x).astype(jnp.float32)
                          + self.dt_bias[...].astype(jnp.float32))
     dt = jnp.where(token_mask[:, :, None], jnp.clip(dt, *self.dt_limits), 0.0)
-    return dt, -jnp.exp(self.A_log[...].astype(jnp.float32))
+    return constrain(dt, _STEP_SIZE_AXES), -jnp.exp(self.A_log[...].astype(jnp.float32))
 
   def _output(self, y: jax.Array, xs: jax.Array, x: jax.Array) -> jax.Array:
     """out_proj(gated norm(y + D x)) [B, L, E]."""
     y = y + self.D[...].astype(jnp.float32)[:, None] * xs
-    return self.out_proj(self.norm(y, self.z_proj(x)))
+    z = constrain(self.z_proj(x), _HEAD_STREAM_AXES)
+    return constrain(self.out_proj(self.norm(y, z)), RESIDUAL_AXES)
 
   def __call__(self, x: jax.Array, token_mask: jax.Array, state: MambaState | None = None,
                ) -> tuple[jax.Array, MambaState | None]:

@@ -26,9 +26,10 @@ from rlp_jax.models.hybrid_cache import HybridCache
 from rlp_jax.models.hybrid_shared_prefix import (empty_hybrid_thought_cache, hybrid_document_kv,
                                                  hybrid_thought_forward)
 from rlp_jax.models.kv_cache import KVCache, causal_attention_mask, empty_kv_cache
-from rlp_jax.models.layers import resolve_dtype, rope_cos_sin
-from rlp_jax.models.prefix_attention import (DocumentKV, attend_over_document,
+from rlp_jax.models.layers import RESIDUAL_AXES, layer_forward, resolve_dtype, rope_cos_sin
+from rlp_jax.models.prefix_attention import (DocumentKV, ThoughtMasks, attend_over_document,
                                              shared_prefix_attention, thought_masks)
+from rlp_jax.parallel.activation_sharding import constrain
 
 __all__ = ['DocumentKV', 'document_kv', 'empty_thought_cache', 'shared_prefix_attention',
            'thought_forward']
@@ -63,7 +64,8 @@ def document_kv(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, position
   attention_mask = causal_attention_mask(mask)
   keys, values = [], []
   for layer in model.layers:
-    x, (layer_keys, layer_values) = layer(x, cos, sin, attention_mask)
+    x, (layer_keys, layer_values) = layer_forward(layer, x, cos, sin, attention_mask,
+                                                  remat=model.remat)
     keys.append(layer_keys)
     values.append(layer_values)
   logits = model.logits(model.final_norm(x))
@@ -79,6 +81,17 @@ def empty_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_docu
     return empty_hybrid_thought_cache(model_config, doc_kv, thoughts_per_document, max_len, dtype)
   return empty_kv_cache(model_config.num_layers, doc_kv.valid.shape[0] * thoughts_per_document,
                         max_len, model_config.num_kv_heads, model_config.head_dim, dtype)
+
+
+def _dense_thought_layer(layer: Any, x: jax.Array, cos: jax.Array, sin: jax.Array,
+                         doc_keys: jax.Array, doc_values: jax.Array, masks: ThoughtMasks,
+                         cache_kv: tuple[jax.Array, jax.Array] | None,
+                         write_index: jax.Array | None) -> tuple[jax.Array, Any]:
+  """One Qwen3 decoder layer for thought tokens [B, N·Tq, E] over the shared document."""
+  out, written = attend_over_document(layer.attention, layer.attention_norm(x), cos, sin,
+                                      doc_keys, doc_values, masks, cache_kv, write_index)
+  x = constrain(x + out, RESIDUAL_AXES)
+  return constrain(x + layer.mlp(layer.mlp_norm(x)), RESIDUAL_AXES), written
 
 
 def thought_forward(graphdef: nnx.GraphDef, params: Any, doc_kv: DocumentKV,
@@ -102,16 +115,15 @@ def thought_forward(graphdef: nnx.GraphDef, params: Any, doc_kv: DocumentKV,
   x = model.token_embedding(thought_tokens.reshape(batch, num_thoughts * length))
   masks = thought_masks(doc_kv, prefix_len, thought_mask, self_cache)
   new_keys, new_values = [], []
+  remat = model.remat if self_cache is None else 'none'  # decoding takes no gradient
   for i, layer in enumerate(model.layers):
     cache_kv = None if self_cache is None else (self_cache.keys[i], self_cache.values[i])
-    out, written = attend_over_document(
-        layer.attention, layer.attention_norm(x), cos, sin, doc_kv.keys[i], doc_kv.values[i],
-        masks, cache_kv, None if self_cache is None else self_cache.index)
+    x, written = layer_forward(layer, x, cos, sin, doc_kv.keys[i], doc_kv.values[i], masks,
+                               cache_kv, None if self_cache is None else self_cache.index,
+                               remat=remat, call=_dense_thought_layer)
     if written is not None:
       new_keys.append(written[0])
       new_values.append(written[1])
-    x = x + out
-    x = x + layer.mlp(layer.mlp_norm(x))
   logits = model.logits(model.final_norm(x)).reshape(batch, num_thoughts, length, -1)
   if self_cache is None:
     return logits, None

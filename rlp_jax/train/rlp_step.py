@@ -45,7 +45,6 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
                   special: SpecialTokens) -> Rollout:
   """Positions → S_ema (teacher) → thoughts (θ_old) → S_pred → reward → group advantage."""
   tokens, mask = batch['tokens'], batch['mask']
-  num_docs = tokens.shape[0]
   k, g, limit = rlp.positions_per_document, rlp.thoughts_per_position, rlp.max_thought_tokens
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid = choose_positions(key_positions, mask, k, rlp.min_context)

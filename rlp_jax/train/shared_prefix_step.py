@@ -15,17 +15,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rlp_jax.models import registry
 from rlp_jax.models.shared_prefix import document_kv
-from rlp_jax.objective import (clipped_surrogate, get_advantage_estimator, information_gain,
-                               kl_to_teacher, next_token_loss, rlp_total_loss, token_log_probs)
+from rlp_jax.objective import next_token_loss
 from rlp_jax.rollout.positions import choose_positions
-from rlp_jax.rollout.reasoned_evidence import ScoredSequences
 from rlp_jax.rollout.shared_prefix_sampler import (build_thought_sequences, sample_thoughts_shared,
                                                    score_thoughts_shared, thought_prompts)
-from rlp_jax.rollout.thought_sampler import Thoughts
 from rlp_jax.train.rollout_outcome import (Rollout, SpecialTokens, combine_update_loss,
                                            finish_rollout)
+from rlp_jax.train.rlp_step import baseline_evidence
 from rlp_jax.train.step import document_positions
 
 Batch = dict[str, jax.Array]
@@ -41,9 +38,8 @@ def shared_rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: j
   positions, position_valid = choose_positions(key_positions, mask, k, rlp.min_context)
   doc_positions = document_positions(tokens)
 
-  teacher_logits, _ = registry.forward(graphdef, teacher_params, tokens, doc_positions, mask)
-  baseline = token_log_probs(teacher_logits[:, :-1], tokens[:, 1:])  # [B, L-1]: log p_φ(x_t|x_<t)
-  s_ema = jnp.repeat(jnp.take_along_axis(baseline, positions - 1, axis=1).reshape(-1), g)  # [R]
+  s_ema = baseline_evidence(graphdef, teacher_params, tokens, mask, positions)  # [B, K]
+  s_ema = jnp.repeat(s_ema.reshape(-1), g)  # [R]
 
   _, doc = document_kv(graphdef, params, tokens, doc_positions, mask, positions)
   prompts = thought_prompts(tokens, positions, g, special.think_start_id)

@@ -94,3 +94,44 @@ def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding,
     shape = None if batch_size is None else (batch_size,) + value.shape[1:]
     return jax.make_array_from_process_local_data(sharding, value, shape)
   return {name: put(value) for name, value in batch.items()}
+
+
+class StepJit:
+  """`jax.jit` of a step `fn(state, batch, *more) -> (state, outputs)` with explicit in/out
+  shardings and the state donated.
+
+  in_shardings: the state's `state_sharding`, the batch's documents sharding (every leaf [B, L]
+  split over the batch axes by `rules`; as it arrives without rules), and for further arguments (the rollout, produced on the mesh by the
+  rollout step) the shardings they arrive with on the first call or `lower`; out_shardings: the
+  state in `state_sharding`, the rest as the partitioner chooses. Without a mesh
+  (`state_sharding` None) it is a plain jit. An input in another layout than the one the step was
+  compiled for is an error (jit's), not a silent recompile.
+  """
+
+  def __init__(self, fn: Callable, state_sharding: Any, rules: Any):
+    self.fn = fn
+    self.state_sharding = state_sharding
+    self.rules = rules
+    self._jitted = None if state_sharding is not None else jax.jit(fn, donate_argnums=0)
+
+  def jitted(self, args: tuple[Any, ...]) -> Any:
+    if self._jitted is None:
+      mesh = jax.tree.leaves(self.state_sharding)[0].mesh
+      arrived = lambda arg: jax.tree.map(lambda x: x.sharding, arg)
+      documents = (arrived(args[1]) if self.rules is None
+                   else batch_sharding(mesh, self.rules))
+      more = tuple(arrived(arg) for arg in args[2:])
+      self._jitted = jax.jit(
+          self.fn, in_shardings=(self.state_sharding, documents) + more,
+          out_shardings=(self.state_sharding, None), donate_argnums=0)
+    return self._jitted
+
+  def __call__(self, *args: Any) -> Any:
+    return self.jitted(args)(*args)
+
+  def lower(self, *args: Any) -> Any:
+    return self.jitted(args).lower(*args)
+
+  def _cache_size(self) -> int:
+    """How many times the step compiled (0 before the first call): jit's own count."""
+    return 0 if self._jitted is None else self._jitted._cache_size()  # pylint: disable=protected-access

@@ -17,6 +17,7 @@ import optax
 from rlp_jax.models import registry
 from rlp_jax.objective import next_token_loss, token_log_probs
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
+from rlp_jax.parallel.sharding import StepJit
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
@@ -117,4 +118,4 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
                           teacher_params=teacher)
     return constrain_state(state, state_sharding), metrics
 
-  return jax.jit(rollout, donate_argnums=0), jax.jit(update, donate_argnums=0)
+  return StepJit(rollout, state_sharding, rules), StepJit(update, state_sharding, rules)

@@ -14,6 +14,7 @@ import optax
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
+from rlp_jax.parallel.sharding import StepJit
 from rlp_jax.train.state import TrainState, constrain_state
 
 Batch = dict[str, jax.Array]
@@ -59,4 +60,4 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
                               data_position=state.data_position + 1)
     return constrain_state(new_state, state_sharding), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  return StepJit(train_step, state_sharding, rules)

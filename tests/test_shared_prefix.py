@@ -273,17 +273,22 @@ def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
     assert_close(flat_s[path], grad_n)
 
 
-@pytest.mark.parametrize('family', FAMILIES)
-def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
-  """A thought row's output has gradient into the document keys/values of its own document's
-  columns < t only and (hybrid) into the Mamba states of its own (document, position) only."""
+def shared_document(family):
+  """(graphdef, θ, the documents' DocumentKV at POSITIONS, prefix_len [B, N] per thought)."""
   graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
   tokens = batch['tokens']
   positions = POSITIONS[family]
   _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
                        positions)
-  prefix_len = jnp.repeat(positions, GROUP, axis=1)  # [B, N]
+  return graphdef, params, doc, jnp.repeat(positions, GROUP, axis=1)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
+  """A thought row's output has gradient into the document keys/values of its own document's
+  columns < t only and (hybrid) into the Mamba states of its own (document, position) only."""
+  graphdef, params, doc, prefix_len = shared_document(family)
   thought = jnp.full(prefix_len.shape + (2,), 7, jnp.int32)
   thought_positions = prefix_len[..., None] + jnp.arange(2)
   mask = jnp.ones(thought.shape, jnp.bool_)
@@ -316,18 +321,12 @@ def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_document_keys_are_never_tiled_per_rollout(family):
-  graphdef, params = registry.init_params(model_config(family), seed=0)
-  batch = documents()
-  tokens = batch['tokens']
-  positions = POSITIONS[family]
-  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), batch['mask'],
-                       positions)
-  prefix_len = jnp.repeat(positions, GROUP, axis=1)
+  graphdef, params, doc, prefix_len = shared_document(family)
   thought = jnp.zeros(prefix_len.shape + (4,), jnp.int32)
   jaxpr = jax.make_jaxpr(lambda d: thought_forward(
       graphdef, params, d, prefix_len, thought, prefix_len[..., None] + jnp.arange(4),
       jnp.ones(thought.shape, jnp.bool_))[0])(doc)
-  batch_size, length = tokens.shape
+  batch_size, length = doc.valid.shape
   rollouts = prefix_len.shape[1]
   tiled = [(batch_size, rollouts, length, 2, 8), (batch_size * rollouts, length, 2, 8)]
   shapes = [var.aval.shape for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars]

@@ -64,10 +64,18 @@ def score_thoughts(graphdef: Any, params: Any, sequences: ScoredSequences, max_t
   region_logits = registry.logits_from_hidden(  # column u predicts region[u], u = 0..T+1
       graphdef, params, hidden[:, start:start + max_thought_tokens + 2])
   region_tokens = sequences.tokens[:, start + 1:start + 1 + max_thought_tokens + 2]
+  return region_scores(region_logits, region_tokens, sequences.closed_length,
+                       max_thought_tokens, temperature)
+
+
+def region_scores(region_logits: jax.Array, region_tokens: jax.Array, closed_length: jax.Array,
+                  max_thought_tokens: int, temperature: float) -> tuple[jax.Array, jax.Array]:
+  """From the logits [R, T + 2, V] whose column u predicts region token u: (thought log-probs
+  [R, T] at the sampling temperature, S_pred [R] = log p(x_t) at column `closed_length`)."""
   thought_log_probs = token_log_probs(region_logits[:, :max_thought_tokens],
                                       region_tokens[:, :max_thought_tokens],
                                       temperature if temperature > 0 else 1.0)
-  closed = sequences.closed_length
+  closed = closed_length
   answer_logits = jnp.take_along_axis(region_logits, closed[:, None, None], axis=1)[:, 0]
   answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)[:, 0]
   s_pred = token_log_probs(answer_logits, answer_token, 1.0)

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from rlp_jax.models.shared_prefix import DocumentKV, empty_thought_cache, thought_forward
-from rlp_jax.objective.log_probs import token_log_probs
-from rlp_jax.rollout.reasoned_evidence import ScoredSequences, build_scored_sequences
+from rlp_jax.rollout.reasoned_evidence import (ScoredSequences, build_scored_sequences,
+                                               region_scores)
 from rlp_jax.rollout.thought_sampler import Prompts, Thoughts, decode_thoughts
 
 
@@ -79,12 +79,5 @@ def score_thoughts_shared(graphdef: Any, params: Any, doc_kv: DocumentKV,
                               sequences.positions[:, :-1].reshape(shape),
                               sequences.mask[:, :-1].reshape(shape))
   region_logits = logits.reshape(rows, width - 1, -1)  # column u predicts region[u]
-  region_tokens = sequences.tokens[:, 1:]
-  thought_log_probs = token_log_probs(region_logits[:, :max_thought_tokens],
-                                      region_tokens[:, :max_thought_tokens],
-                                      temperature if temperature > 0 else 1.0)
-  closed = sequences.closed_length
-  answer_logits = jnp.take_along_axis(region_logits, closed[:, None, None], axis=1)[:, 0]
-  answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)[:, 0]
-  s_pred = token_log_probs(answer_logits, answer_token, 1.0)
-  return thought_log_probs, s_pred
+  return region_scores(region_logits, sequences.tokens[:, 1:], sequences.closed_length,
+                       max_thought_tokens, temperature)

@@ -120,6 +120,14 @@ def _with_shardings(shapes: Any, shardings: Any) -> Any:
                       shapes, shardings)
 
 
+def abstract_batch(config: Any, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
+  """The batch a step receives, as sharded ShapeDtypeStructs (nothing allocated)."""
+  documents = batch_sharding(mesh, config.mesh.rules)
+  shape = (config.data.batch_size, config.data.seq_len)
+  return {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
+          'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents)}
+
+
 def abstract_state(config: ml_collections.ConfigDict, tx, mesh) -> tuple[TrainState, TrainState]:
   """(the train state as sharded ShapeDtypeStructs, its shardings); nothing is allocated."""
   use_rlp = config.rlp.enabled
@@ -152,10 +160,7 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
   updates = config.rlp.updates_per_rollout if use_rlp else 1
   tx, schedule = make_optimizer(config.optimizer, config.train.num_steps * updates)
   state, state_sharding = abstract_state(config, tx, mesh)
-  documents = batch_sharding(mesh, config.mesh.rules)
-  shape = (config.data.batch_size, config.data.seq_len)
-  batch = {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
-           'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents)}
+  batch = abstract_batch(config, mesh)
   graphdef, _ = registry.abstract_params(config.model)
   sizes = {'params': per_device_bytes(state.params)}
   if use_rlp:

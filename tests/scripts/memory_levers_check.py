@@ -19,7 +19,7 @@ import jax.numpy as jnp  # noqa: E402
 from rlp_jax.config_schema import base_config  # noqa: E402
 from rlp_jax.models import registry  # noqa: E402
 from rlp_jax.parallel.activation_sharding import activation_layout  # noqa: E402
-from rlp_jax.parallel.memory_plan import abstract_state  # noqa: E402
+from rlp_jax.parallel.memory_plan import abstract_batch, abstract_state  # noqa: E402
 from rlp_jax.parallel.mesh import make_mesh  # noqa: E402
 from rlp_jax.parallel.sharding import batch_sharding, param_shardings  # noqa: E402
 from rlp_jax.objective import next_token_loss  # noqa: E402
@@ -63,10 +63,7 @@ def rollout_temporaries(config, mesh, use_layout):
   config.data.seq_len = 96
   tx, schedule = make_optimizer(config.optimizer, 10)
   state, state_sharding = abstract_state(config, tx, mesh)
-  documents = batch_sharding(mesh, config.mesh.rules)
-  shape = (config.data.batch_size, config.data.seq_len)
-  batch = {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
-           'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents)}
+  batch = abstract_batch(config, mesh)
   graphdef, _ = registry.abstract_params(config.model)
   rollout_fn, _ = make_rlp_step(graphdef, config.model, config.rlp,
                                 SpecialTokens(think_start_id=1, think_end_id=2, pad_id=0), tx,

@@ -10,8 +10,6 @@ devices without allocating the model and prints per-device memory (parallel/memo
 """
 from __future__ import annotations
 
-import os
-import re
 import sys
 
 from absl import app
@@ -19,10 +17,8 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
+from rlp_jax.cli import fail, flags_parser, one_line
 from rlp_jax.errors import UserInputError
-
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               'configs', 'tiny.py')
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file (default: configs/tiny.py); override keys with '
@@ -46,11 +42,6 @@ _DRY_RUN_DEVICES = flags.DEFINE_integer('dry_run_devices', None, 'Simulated devi
                                         'is -1).')
 
 
-def fail(message: str) -> None:
-  print(f'rlp_jax: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
@@ -64,7 +55,7 @@ def main(argv: list[str]) -> None:
     config = _CONFIG.value  # loaded lazily: a broken config file fails on first access
     config.keys()
   except Exception as error:  # pylint: disable=broad-except
-    fail(_one_line(error))
+    fail(one_line(error))
   from rlp_jax.config_schema import validate_config  # pylint: disable=import-outside-toplevel
   try:
     validate_config(config)
@@ -91,45 +82,9 @@ def _dry_run(config) -> None:
     print(line)
 
 
-def _with_default_config(argv: list[str]) -> list[str]:
-  """Adds `--config=configs/tiny.py` when no config file is named."""
-  for i, arg in enumerate(argv[1:], start=1):
-    if arg == '--config' or arg.startswith('--config='):
-      path = arg.partition('=')[2] or (argv[i + 1] if i + 1 < len(argv) else '')
-      path = path.split(':', 1)[0]  # config_flags allows `file.py:argument`
-      if not os.path.isfile(path):
-        fail(f'config file not found: {path!r}')
-      return argv
-  return argv[:1] + [f'--config={_DEFAULT_CONFIG}'] + argv[1:]
-
-
-def _one_line(error: BaseException) -> str:
-  """The first informative line of a flag-parsing error, with unknown keys named plainly."""
-  text = str(error).strip()
-  if isinstance(error, (KeyError, AttributeError)):
-    first = text.strip('"\'').replace('\\n', '\n').splitlines()[0].strip('"\'\\')
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    return f'unknown config key `{first}` in an override' + (
-        f' (did you mean `{hint.group(1)}`?)' if hint else '')
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  detail = next((line for line in lines if 'Errno' in line or 'Error' in line), '')
-  return ' '.join(part for part in (lines[0] if lines else repr(error), detail) if part)
-
-
-def _flags_parser(argv: list[str]) -> list[str]:
-  """absl's flag parsing, with config-file and override errors reported on one line."""
-  try:
-    return flags.FLAGS(_with_default_config(argv))
-  except UserInputError as error:
-    fail(str(error))
-  except (flags.Error, KeyError, AttributeError, OSError, TypeError, ValueError) as error:
-    fail(_one_line(error))
-  return []
-
-
 def run() -> None:
   logging.set_verbosity(logging.WARNING)  # orbax and TFDS log every save at INFO
-  app.run(main, flags_parser=_flags_parser)
+  app.run(main, flags_parser=flags_parser)
 
 
 if __name__ == '__main__':

@@ -185,27 +185,55 @@ PROBLEM_KINDS: tuple[Callable[[_Draws], Problem], ...] = (
     _arithmetic, _arithmetic, _fruit, _train, _prices, _ages, _comparison, _algebra)
 
 
+def render_prompt(question: str) -> str:
+  """The text that precedes a problem's thought or answer in a document (no trailing space)."""
+  return f'Question: {question}\n{ANSWER_PREFIX}'
+
+
 def _render(problem: Problem, worked: bool) -> str:
   thought = ''
   if worked:
     thought = f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps) + f' {WORK_OUTRO}'
-  return f'Question: {problem.question}\n{ANSWER_PREFIX} {thought}{problem.answer}.'
+  return f'{render_prompt(problem.question)} {thought}{problem.answer}.'
 
 
-def reasoning_document(index: int, seed: int) -> str:
-  """The document at `index` of the corpus with `seed` (deterministic across runs)."""
+def _check_index_and_seed(index: int, seed: int) -> None:
   if seed < 0:
     raise ConfigError(f'data.corpus_seed must be >= 0, got {seed}')
   if index < 0:
     raise ValueError(f'document index must be >= 0, got {index}')
+
+
+def _document_parts(index: int, seed: int) -> tuple[list[Problem], list[str], bool]:
+  """The problems of document `index`, their rendered texts and whether it is worked.
+
+  A document draws 1-4 problems but stops at the first one that would take it past
+  MAX_DOCUMENT_CHARS (its first problem is always kept).
+  """
+  _check_index_and_seed(index, seed)
   d = _Draws(np.random.default_rng([seed, index]))
   worked = d.uniform() < 0.5
+  problems: list[Problem] = []
   parts: list[str] = []
   for _ in range(d.int(1, 4)):
-    part = _render(d.pick(PROBLEM_KINDS)(d), worked)
+    problem = d.pick(PROBLEM_KINDS)(d)
+    part = _render(problem, worked)
     if parts and sum(len(p) + 2 for p in parts) + len(part) > MAX_DOCUMENT_CHARS:
       break
+    problems.append(problem)
     parts.append(part)
+  return problems, parts, worked
+
+
+def document_problems(index: int, seed: int) -> tuple[list[Problem], bool]:
+  """The problems that document `index` renders (in order) and whether the document is worked."""
+  problems, _, worked = _document_parts(index, seed)
+  return problems, worked
+
+
+def reasoning_document(index: int, seed: int) -> str:
+  """The document at `index` of the corpus with `seed` (deterministic across runs)."""
+  _, parts, _ = _document_parts(index, seed)
   return '\n\n'.join(parts)
 
 

@@ -76,12 +76,15 @@ def pick_tokens(key: jax.Array, logits: jax.Array, temperature: float) -> jax.Ar
 
 def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prompts,
                     key: jax.Array, max_thought_tokens: int, temperature: float,
-                    think_end_id: int, pad_id: int) -> Thoughts:
+                    think_end_id: int | jax.Array, pad_id: int,
+                    banned_ids: jax.Array | None = None) -> Thoughts:
   """Samples up to T tokens per row after `<think>`, stopping a row at `</think>`.
 
   Prefill once (logits of its last column only), then one cached decode step per token inside
   a `lax.while_loop` that also stops when every row has ended: fixed shapes, compiled once.
   temperature 0 decodes greedily (its recorded log-probs are then untempered).
+  `think_end_id` may be an array of stop ids and `banned_ids` ids never drawn (the evaluator's
+  answer generation: stop at a newline or eos, never open a thought; see decode_thoughts).
   """
   rows, prompt_len = prompts.tokens.shape
   limit = max_thought_tokens
@@ -95,24 +98,35 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
     return step_logits[:, -1], cache
 
   return decode_thoughts(step_forward, first_logits, cache, prompts.scored_position, key,
-                         limit, temperature, think_end_id, pad_id)
+                         limit, temperature, think_end_id, pad_id, banned_ids)
 
 
 def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
                     scored_position: jax.Array, key: jax.Array, max_thought_tokens: int,
-                    temperature: float, think_end_id: int, pad_id: int) -> Thoughts:
+                    temperature: float, think_end_id: int | jax.Array, pad_id: int,
+                    banned_ids: jax.Array | None = None) -> Thoughts:
   """The sampling loop both prefix modes share, after their prefill.
 
   `step_forward(token [R, 1], positions [R, 1], active [R, 1], cache) -> (logits [R, V], cache)`
   runs one cached decode step; `first_logits` [R, V] predict the first thought token. One key
   split per step, so both modes draw the same tokens from the same key.
+  A row stops after drawing `think_end_id` (one id, or any id of a 1-D array of stop ids);
+  `banned_ids` (1-D ids, optional) get no probability.
   """
   rows, limit = first_logits.shape[0], max_thought_tokens
   logprob_temperature = temperature if temperature > 0 else 1.0
+  stop_ids = jnp.atleast_1d(jnp.asarray(think_end_id, jnp.int32))
+
+  def allowed(logits):
+    if banned_ids is None:
+      return logits
+    vocab = jnp.arange(logits.shape[-1])
+    return jnp.where(jnp.isin(vocab, banned_ids)[None, :], -jnp.inf, logits)
 
   def body(carry):
     u, cache, last_logits, done, key, out_tokens, out_logp, out_mask = carry
     key, sub = jax.random.split(key)
+    last_logits = allowed(last_logits)
     token = pick_tokens(sub, last_logits, temperature)
     logp = token_log_probs(last_logits, token, logprob_temperature)
     active = ~done
@@ -120,7 +134,7 @@ def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
     out_tokens = out_tokens.at[:, u].set(token)
     out_logp = out_logp.at[:, u].set(jnp.where(active, logp, 0.0))
     out_mask = out_mask.at[:, u].set(active)
-    done = done | (token == think_end_id)
+    done = done | jnp.isin(token, stop_ids)
     step_positions = (scored_position + 1 + u)[:, None]
     step_logits, cache = step_forward(token[:, None], step_positions, active[:, None], cache)
     return u + 1, cache, step_logits, done, key, out_tokens, out_logp, out_mask

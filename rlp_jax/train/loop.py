@@ -137,6 +137,7 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   else:
     train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding,
                                         config.mesh.rules), count_tokens)
+  evaluator = _make_evaluator(config, graphdef, tokenizer)
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   position = int(state.data_position)
@@ -153,7 +154,15 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         state, metrics = train_step(state, batch)
         step, position = step + 1, position + 1
         history.append(metrics)
-        if step % config.train.log_every == 0 or step == last_step or stop_request.requested:
+        evaluated = evaluator is not None and (step % config.train.eval_every == 0
+                                               or step == num_steps)
+        if evaluated:
+          progress.clear()
+          eval_metrics = evaluator.evaluate(state.params)['metrics']
+          metrics = dict(metrics, **{f'eval/{k}': v for k, v in eval_metrics.items()})
+          _say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
+        if (step % config.train.log_every == 0 or step == last_step or stop_request.requested
+            or evaluated):
           writer.write(step, metrics)
         progress.set_postfix(_progress_fields(metrics), refresh=False)
         progress.update(1)
@@ -175,6 +184,31 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
+
+
+def _make_evaluator(config: ml_collections.ConfigDict, graphdef: Any, tokenizer: Any):
+  """The evaluator of `train.eval_every` (None when it is 0)."""
+  if not config.train.eval_every:
+    return None
+  if jax.process_count() > 1:
+    _say('train.eval_every: evaluation during training runs in single-process runs only; '
+         'evaluate the checkpoints with `python -m rlp_jax.eval` instead')
+    return None
+  from rlp_jax.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+  return Evaluator(config, graphdef, tokenizer, load_documents(config.data, 'validation'),
+                   progress_bar=config.train.progress_bar)
+
+
+def _eval_summary(metrics: dict[str, float]) -> str:
+  """One line: held-out loss, gain at answer positions, think-mode accuracy on the corpus."""
+  parts = [f"ntp {metrics['ntp_loss']:.3f}"]
+  for name in ('all', 'answer'):
+    if f'gain/{name}/sampled_mean' in metrics:
+      parts.append(f"gain[{name}] {metrics[f'gain/{name}/sampled_mean']:+.3f}")
+  for key, value in sorted(metrics.items()):
+    if key.startswith('acc/') and key.rsplit('/', 1)[1] in ('direct', 'think_greedy'):
+      parts.append(f'{key[4:]} {value:.3f}')
+  return ', '.join(parts)
 
 
 class _StopRequest:

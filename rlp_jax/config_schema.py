@@ -59,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir='',  # '' → $RLP_JAX_DATA_DIR or ~/.cache/rlp_jax/data
       num_documents=20000,  # size of the embedded reasoning corpus
       corpus_seed=0,
+      worked_fraction=0.5,  # share of embedded-corpus documents that show worked <think> steps
       files='',  # comma-separated .txt / .jsonl paths or globs for corpus='local_text'
       text_field='text',  # jsonl field holding the document text
       seq_len=96,  # tokens per document row (truncated / padded)
@@ -125,6 +126,9 @@ def base_config() -> ml_collections.ConfigDict:
       kl_weight=0.0,  # weight of KL(θ‖φ) on thought tokens (paper: 0)
       updates_per_rollout=1,  # optimizer steps taken on one rollout batch
       advantage_estimator='group',  # see rlp_jax.objective.advantage
+      # 'uniform' | 'teacher_loss' | 'teacher_entropy': scored positions drawn uniformly or in
+      # proportion to the EMA teacher's loss / entropy there (docs/objective.md, step 1)
+      position_rule='uniform',
       prefix_mode='shared',  # one document pass serves all K·G rollouts; 'naive': re-encode
       # x_<t per rollout (the reference the shared path is tested against)
   ))
@@ -140,6 +144,17 @@ def base_config() -> ml_collections.ConfigDict:
       checkpoint_every=50,
       keep_checkpoints=3,
       progress_bar=True,
+      eval_every=0,  # run the evaluator (config.eval) every N batches and at the end; 0: never
+  ))
+  config.eval = _group(dict(
+      num_documents=64,  # held-out documents (validation split) for next-token loss and gain
+      num_problems=64,  # held-out problems per accuracy source
+      benchmarks='',  # comma-separated jsonl files (GSM8K or MATH format) scored for accuracy
+      vote_samples=4,  # k sampled thoughts per problem for the majority vote
+      thoughts_per_position=4,  # thoughts per position for the sampled information gain
+      max_answer_tokens=12,  # an answer ends at a newline, eos, or after this many tokens
+      rows_per_call=64,  # generation rows per jitted call (fixed, so each phase compiles once)
+      seed=0,  # positions and sampled thoughts of the evaluation
   ))
   return config
 
@@ -152,11 +167,13 @@ _POSITIVE = (
     'model.norm_eps', 'model.init_std', 'optimizer.learning_rate', 'optimizer.eps',
     'optimizer.grad_clip_norm', 'train.num_steps', 'train.log_every', 'train.checkpoint_every',
     'train.keep_checkpoints', 'rlp.positions_per_document', 'rlp.max_thought_tokens',
-    'rlp.min_context', 'rlp.updates_per_rollout',
+    'rlp.min_context', 'rlp.updates_per_rollout', 'eval.vote_samples',
+    'eval.thoughts_per_position', 'eval.max_answer_tokens', 'eval.rows_per_call',
 )
 _NON_NEGATIVE = ('seed', 'data.corpus_seed', 'optimizer.warmup_steps', 'optimizer.weight_decay',
                  'optimizer.final_lr_fraction', 'rlp.sample_temperature', 'rlp.epsilon_low',
-                 'rlp.epsilon_high', 'rlp.ntp_weight', 'rlp.kl_weight', 'rlp.ema_decay')
+                 'rlp.epsilon_high', 'rlp.ntp_weight', 'rlp.kl_weight', 'rlp.ema_decay',
+                 'train.eval_every', 'data.worked_fraction', 'eval.num_documents', 'eval.num_problems', 'eval.seed')
 _CHOICES = {
     'data.corpus': ('reasoning', 'local_text'),
     'tokenizer.kind': ('sentencepiece', 'hf_json'),
@@ -166,6 +183,7 @@ _CHOICES = {
     'model.remat': ('none', 'block'),
     'optimizer.schedule': ('cosine', 'constant'),
     'rlp.prefix_mode': ('naive', 'shared'),
+    'rlp.position_rule': ('uniform', 'teacher_loss', 'teacher_entropy'),
 }
 
 

@@ -270,7 +270,7 @@ def test_group_size_one_raises(name, use_jit):
 
 
 def test_advantage_registry():
-  assert set(ADVANTAGE_ESTIMATORS) == {"group", "leave_one_out"}
+  assert set(ADVANTAGE_ESTIMATORS) == {"group", "leave_one_out", "group_std", "batch_std"}
   assert get_advantage_estimator("group") is group_advantage
   assert get_advantage_estimator("leave_one_out") is leave_one_out_advantage
   with pytest.raises(ConfigError, match="rlp.advantage_estimator.*'grpo'"):

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 import os
 from typing import Any, overload
 
+from rlp_jax.data import reasoning_corpus
 from rlp_jax.errors import ConfigError
 
 CORPORA = ('reasoning', 'local_text')
@@ -36,7 +37,8 @@ def corpus_builder(data_config: Any):
   data_dir = resolve_data_dir(data_config)
   if corpus == 'reasoning':
     config = tfds_builders.reasoning_corpus_config(
-        _field(data_config, 'num_documents', 0), _field(data_config, 'corpus_seed', 0))
+        _field(data_config, 'num_documents', 0), _field(data_config, 'corpus_seed', 0),
+        _field(data_config, 'worked_fraction', reasoning_corpus.WORKED_FRACTION))
     return tfds_builders.ReasoningCorpus(config=config, data_dir=data_dir)
   if corpus == 'local_text':
     config = tfds_builders.local_text_config(

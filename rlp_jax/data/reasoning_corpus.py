@@ -22,6 +22,7 @@ WORK_INTRO = '<think>'
 WORK_OUTRO = '</think>'
 ANSWER_PREFIX = 'Answer:'
 MAX_DOCUMENT_CHARS = 400
+WORKED_FRACTION = 0.5  # default share of worked documents (data.worked_fraction)
 
 _NAMES = ('Mia', 'Tom', 'Ava', 'Leo', 'Sara', 'Omar', 'Lina', 'Ben', 'Nora', 'Ivan', 'Priya', 'Kai')
 _FRUITS = ('apples', 'pears', 'oranges', 'plums', 'lemons', 'peaches')
@@ -190,10 +191,13 @@ def render_prompt(question: str) -> str:
   return f'Question: {question}\n{ANSWER_PREFIX}'
 
 
+def worked_thought(problem: Problem) -> str:
+  """The thought a worked document writes before the answer: `<think> a + b = c. … </think>`."""
+  return f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps) + f' {WORK_OUTRO}'
+
+
 def _render(problem: Problem, worked: bool) -> str:
-  thought = ''
-  if worked:
-    thought = f'{WORK_INTRO} ' + ' '.join(f'{s}.' for s in problem.steps) + f' {WORK_OUTRO}'
+  thought = worked_thought(problem) if worked else ''
   return f'{render_prompt(problem.question)} {thought}{problem.answer}.'
 
 
@@ -204,15 +208,19 @@ def _check_index_and_seed(index: int, seed: int) -> None:
     raise ValueError(f'document index must be >= 0, got {index}')
 
 
-def _document_parts(index: int, seed: int) -> tuple[list[Problem], list[str], bool]:
+def _document_parts(index: int, seed: int, worked_fraction: float = WORKED_FRACTION,
+                    ) -> tuple[list[Problem], list[str], bool]:
   """The problems of document `index`, their rendered texts and whether it is worked.
+
+  `worked_fraction` only moves the threshold of the document's first draw: the problems of a
+  document are the same for every fraction; 0 gives answer-only text, 1 worked text throughout.
 
   A document draws 1-4 problems but stops at the first one that would take it past
   MAX_DOCUMENT_CHARS (its first problem is always kept).
   """
   _check_index_and_seed(index, seed)
   d = _Draws(np.random.default_rng([seed, index]))
-  worked = d.uniform() < 0.5
+  worked = d.uniform() < worked_fraction
   problems: list[Problem] = []
   parts: list[str] = []
   for _ in range(d.int(1, 4)):
@@ -225,19 +233,21 @@ def _document_parts(index: int, seed: int) -> tuple[list[Problem], list[str], bo
   return problems, parts, worked
 
 
-def document_problems(index: int, seed: int) -> tuple[list[Problem], bool]:
+def document_problems(index: int, seed: int, worked_fraction: float = WORKED_FRACTION,
+                      ) -> tuple[list[Problem], bool]:
   """The problems that document `index` renders (in order) and whether the document is worked."""
-  problems, _, worked = _document_parts(index, seed)
+  problems, _, worked = _document_parts(index, seed, worked_fraction)
   return problems, worked
 
 
-def reasoning_document(index: int, seed: int) -> str:
+def reasoning_document(index: int, seed: int, worked_fraction: float = WORKED_FRACTION) -> str:
   """The document at `index` of the corpus with `seed` (deterministic across runs)."""
-  _, parts, _ = _document_parts(index, seed)
+  _, parts, _ = _document_parts(index, seed, worked_fraction)
   return '\n\n'.join(parts)
 
 
-def generate_documents(num_documents: int, seed: int) -> Iterator[str]:
+def generate_documents(num_documents: int, seed: int,
+                       worked_fraction: float = WORKED_FRACTION) -> Iterator[str]:
   """Documents 0..num_documents-1 of the corpus with `seed`."""
   for index in range(num_documents):
-    yield reasoning_document(index, seed)
+    yield reasoning_document(index, seed, worked_fraction)

@@ -51,6 +51,7 @@ class ReasoningCorpusConfig(tfds.core.BuilderConfig):
   """Which generated documents: 0..num_documents-1 of the corpus with `seed`."""
   num_documents: int = 1000
   seed: int = 0
+  worked_fraction: float = reasoning_corpus.WORKED_FRACTION
 
 
 class ReasoningCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -83,16 +84,26 @@ class ReasoningCorpus(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _generate_examples(self, start: int, stop: int):
     seed = self.builder_config.seed
     for index in range(start, stop):
-      yield index, {'text': reasoning_corpus.reasoning_document(index, seed)}
+      yield index, {'text': reasoning_corpus.reasoning_document(
+          index, seed, self.builder_config.worked_fraction)}
 
 
-def reasoning_corpus_config(num_documents: int, seed: int) -> ReasoningCorpusConfig:
-  """The builder config for `num_documents` documents with `seed` (checked)."""
+def reasoning_corpus_config(num_documents: int, seed: int,
+                            worked_fraction: float = reasoning_corpus.WORKED_FRACTION,
+                            ) -> ReasoningCorpusConfig:
+  """The builder config for `num_documents` documents with `seed` (checked); a worked fraction
+  other than the default is part of the name (the default keeps the name it always had)."""
   if not isinstance(num_documents, int) or num_documents < 2:
     raise ConfigError(f'data.num_documents must be an int >= 2, got {num_documents!r}')
   if not isinstance(seed, int) or seed < 0:
     raise ConfigError(f'data.corpus_seed must be an int >= 0, got {seed!r}')
-  return ReasoningCorpusConfig(name=f'n{num_documents}_s{seed}', num_documents=num_documents,
+  if not 0.0 <= worked_fraction <= 1.0:
+    raise ConfigError(f'data.worked_fraction must be in [0, 1], got {worked_fraction!r}')
+  name = f'n{num_documents}_s{seed}'
+  if worked_fraction != reasoning_corpus.WORKED_FRACTION:
+    name += f'_w{worked_fraction:g}'
+  return ReasoningCorpusConfig(name=name, worked_fraction=float(worked_fraction),
+                               num_documents=num_documents,
                                seed=seed)
 
 

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any
 
-from rlp_jax.data.reasoning_corpus import document_problems
+from rlp_jax.data.reasoning_corpus import WORKED_FRACTION, document_problems, worked_thought
 from rlp_jax.errors import DataError
 from rlp_jax.eval.answers import last_boxed
 
@@ -36,6 +36,7 @@ class EvalProblem:
   answer: str
   source: str
   worked: bool = False
+  thought: str = ''  # corpus problems: the worked thought (`<think> … </think>`) of the problem
 
 
 class _LineError(Exception):
@@ -134,8 +135,8 @@ def load_benchmark(path: str, limit: int | None = None) -> list[EvalProblem]:
   return problems
 
 
-def corpus_problems(num_documents: int, seed: int,
-                    limit: int | None = None) -> list[EvalProblem]:
+def corpus_problems(num_documents: int, seed: int, limit: int | None = None,
+                    worked_fraction: float = WORKED_FRACTION) -> list[EvalProblem]:
   """The problems of the validation documents of the reasoning corpus (`num_documents`, `seed`).
 
   The validation split is documents `n_train .. num_documents - 1`, as built by the TFDS builder;
@@ -148,10 +149,10 @@ def corpus_problems(num_documents: int, seed: int,
   reasoning_corpus_config(num_documents, seed)  # checks both values (ConfigError)
   problems: list[EvalProblem] = []
   for index in range(num_documents - validation_size(num_documents), num_documents):
-    document, worked = document_problems(index, seed)
+    document, worked = document_problems(index, seed, worked_fraction)
     for number, problem in enumerate(document, start=1):
       if limit is not None and len(problems) == limit:
         return problems
-      problems.append(EvalProblem(problem.question, problem.answer,
-                                  f'reasoning[{index}]#{number}', worked))
+      problems.append(EvalProblem(problem.question, problem.answer, f'reasoning[{index}]#{number}',
+                                  worked, thought=worked_thought(problem)))
   return problems

@@ -6,7 +6,9 @@ Metrics (names as written to eval/step_N.json and, under `eval/`, to metrics.jso
   gain/{all,answer}/{sampled,greedy}_{mean,positive}
                                       information gain log p_θ(x_t | x_<t, <think> c </think>) −
                                       log p_θ(x_t | x_<t) (heldout.py); `all`: uniform positions,
-                                      `answer`: first answer token of answer-only documents
+                                      `answer`: first answer token of answer-only documents;
+  gain/gold/{mean,positive}           the same at the first answer token of held-out corpus
+                                      problems with the corpus's own worked steps as the thought
   acc/{source}/{direct,think_greedy,think_vote}
                                       exact-match accuracy (answers.answers_match) on the held-out
                                       problems of the corpus (`corpus`) and of each benchmark file
@@ -62,7 +64,8 @@ class Evaluator:
     sources = {}
     data = self.config.data
     if data.corpus == 'reasoning' and count:
-      sources['corpus'] = corpus_problems(data.num_documents, data.corpus_seed, count)
+      sources['corpus'] = corpus_problems(data.num_documents, data.corpus_seed, count,
+                                          data.worked_fraction)
     for path in filter(None, (p.strip() for p in self.config.eval.benchmarks.split(','))):
       name = os.path.splitext(os.path.basename(path))[0]
       sources[name] = load_benchmark(path, count or None)
@@ -122,12 +125,48 @@ class Evaluator:
           gain = self.heldout.information_gain(params, jax.random.fold_in(key, 1000), batches,
                                                tick)
           metrics.update({f'gain/{name}/{k}': v for k, v in gain.items()})
+      if 'corpus' in self.sources:
+        metrics.update({f'gain/gold/{k}': v for k, v in self._gold_gain(params).items()})
       examples = {}
       for name, problems in self.sources.items():
         accuracy, examples[name] = self._accuracy(params, problems, jax.random.fold_in(key, 7),
                                                   tick)
         metrics.update({f'acc/{name}/{k}': v for k, v in accuracy.items()})
     return {'metrics': metrics, 'examples': examples}
+
+  def _gold_gain(self, params: Any) -> dict[str, float]:
+    """What a correct thought buys: log p_θ(first answer token | prompt <think> gold steps
+    </think>) − log p_θ(first answer token | prompt), on the corpus's held-out problems, with the
+    worked steps the corpus writes (not sampled). A large value with a small sampled gain means θ
+    uses thoughts but does not yet write correct ones."""
+    tok, size = self.tokenizer, self.config.data.batch_size
+    pairs = []
+    for p in self.sources['corpus']:
+      prompt = render_prompt(p.question) + ' '
+      for text in (prompt, prompt + p.thought):
+        head = [tok.bos_id] + tok.encode(text)
+        full = [tok.bos_id] + tok.encode(text + p.answer + '.')
+        if full[:len(head)] != head or len(full) > self.config.data.seq_len + 64:
+          break
+        pairs.append((full, len(head)))
+      if len(pairs) % 2:
+        pairs.pop()  # the plain and the worked reading are scored as a pair, or not at all
+    width = max((len(full) for full, _ in pairs), default=1)
+    log_probs = []
+    for start in range(0, len(pairs), size):
+      chunk = pairs[start:start + size]
+      tokens = np.full((size, width), tok.pad_id, np.int32)
+      mask = np.zeros((size, width), np.bool_)
+      positions = np.ones((size, 1), np.int32)
+      for row, (full, t) in enumerate(chunk):
+        tokens[row, :len(full)], mask[row, :len(full)], positions[row, 0] = full, True, t
+      values = self.heldout.log_prob_at(params, tokens, mask, positions)
+      log_probs.extend(np.asarray(values)[:len(chunk), 0].tolist())
+    gains = np.asarray(log_probs[1::2]) - np.asarray(log_probs[0::2])
+    if not gains.size:
+      return {}
+    return {'mean': float(gains.mean()), 'positive': float((gains > 0).mean()),
+            'pairs': float(gains.size)}
 
   def _generation_calls(self) -> int:
     per_call = self.config.eval.rows_per_call
@@ -178,6 +217,10 @@ def format_table(metrics: dict[str, float]) -> list[str]:
                    f'{metrics[prefix + "sampled_positive"]:>7.2f}'
                    f'{metrics[prefix + "greedy_mean"]:>+13.4f}'
                    f'{metrics[prefix + "greedy_positive"]:>7.2f}')
+  if 'gain/gold/mean' in metrics:
+    lines.append(f"  {'gold thought @answer':<22}{int(metrics['gain/gold/pairs']):>10}"
+                 f"{metrics['gain/gold/mean']:>+14.4f}{metrics['gain/gold/positive']:>7.2f}"
+                 '   (the corpus\'s worked steps, teacher-forced)')
   sources = sorted({k.split('/')[1] for k in metrics if k.startswith('acc/')})
   if sources:
     lines.append(f"{'answer accuracy':<24}{'problems':>10}{'direct':>10}{'think':>10}"

@@ -14,6 +14,7 @@ embedded corpus (the token a worked document puts its thought before: `Answer: <
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+import functools
 import re
 from typing import Any
 
@@ -87,6 +88,7 @@ class HeldOut:
       return gains, thoughts.length.reshape(batch, k, group)
 
     self._ntp = jax.jit(ntp_sums)
+    self.log_prob_at = jax.jit(functools.partial(baseline_evidence, graphdef))
     self._gain = jax.jit(gain, static_argnums=(5, 6))
     self._positions = jax.jit(choose_positions, static_argnums=(2, 3))
 

@@ -79,3 +79,63 @@ def leave_one_out_advantage(rewards: jax.Array) -> jax.Array:
   r, g = _group_rewards(rewards)
   others = (jnp.sum(r, axis=-1, keepdims=True) - r) / (g - 1)
   return r - others
+
+
+
+# Added to a standard deviation before dividing by it, so equal rewards give advantage 0, not NaN.
+STD_EPSILON = 1e-6
+
+
+def _centred(rewards: jax.Array) -> jax.Array:
+  """r_i − mean_j r_j over the last axis, exactly 0 for a group of equal rewards.
+
+  The rewards are shifted by the group's first reward before the mean is taken: float32
+  `r − mean(r)` of G equal rewards is often ±1 ulp (the mean rounds), which a division by a std of
+  the same size would blow up to an advantage of order 1.
+  """
+  shifted = rewards - rewards[..., :1]
+  return shifted - jnp.mean(shifted, axis=-1, keepdims=True)
+
+
+@register_advantage_estimator("group_std")
+def group_std_advantage(rewards: jax.Array) -> jax.Array:
+  """A_i = (r_i − mean_j r_j) / (std_j r_j + 1e-6), the population std over the group's G rewards
+  (GRPO): every group's advantages get unit scale, however small its reward differences.
+
+  Args:
+    rewards: [..., G] rewards.
+
+  Returns:
+    float32 [..., G] advantages, stop-gradient; 0 for a group whose rewards are all equal.
+
+  Raises:
+    ValueError: when G < 2.
+  """
+  r, _ = _group_rewards(rewards)
+  centred = _centred(r)
+  group_std = jnp.sqrt(jnp.mean(centred**2, axis=-1, keepdims=True))
+  return centred / (group_std + STD_EPSILON)
+
+
+@register_advantage_estimator("batch_std")
+def batch_std_advantage(rewards: jax.Array) -> jax.Array:
+  """The `group` advantage G/(G−1) · (r_i − mean_j r_j) divided by (the std of all group-centred
+  rewards r_i − mean_j r_j in the batch + 1e-6): one scale for the whole batch, so groups keep
+  their relative weight while the advantage no longer scales with the reward (in nats, which
+  drifts over training).
+
+  The std runs over every group passed in; in training that is all B·K position slots, the
+  slots skipped for short documents included.
+
+  Args:
+    rewards: [..., G] rewards (all leading axes are the batch).
+
+  Returns:
+    float32 [..., G] advantages, stop-gradient; 0 for a group whose rewards are all equal.
+
+  Raises:
+    ValueError: when G < 2.
+  """
+  r, g = _group_rewards(rewards)
+  centred = _centred(r)
+  return (g / (g - 1)) * centred / (jnp.std(centred) + STD_EPSILON)

@@ -34,6 +34,7 @@ from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.sharding import (batch_sharding, check_batch_divides, create_sharded_state,
                                        process_rows, put_batch, replicated)
 from rlp_jax.train.checkpointing import Checkpointer
+from rlp_jax.train.flops import next_token_step_flops, non_embedding_params, rlp_step_flops
 from rlp_jax.train.metrics_writer import MetricsWriter
 from rlp_jax.train.optimizer import make_optimizer
 from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
@@ -128,15 +129,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   _say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
        f'writing to {workdir}')
 
+  flops_n = non_embedding_params(config.model)  # for the `step_flops` metric (train/flops.py)
   if use_rlp:
     special = SpecialTokens(think_start_id=tokenizer.think_start_id,
                             think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
     rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
                             state_sharding, config.mesh.rules)
-    train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens)
+    train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens,
+                                   config.rlp.thoughts_per_position, flops_n)
   else:
     train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding,
-                                        config.mesh.rules), count_tokens)
+                                        config.mesh.rules), count_tokens, flops_n)
   evaluator = _make_evaluator(config, graphdef, tokenizer)
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
@@ -239,8 +242,8 @@ class _StopRequest:
       signal.signal(signal.SIGINT, self._previous)
 
 
-def _timed(train_step, count_tokens):
-  """Next-token step with host-side throughput metrics."""
+def _timed(train_step, count_tokens, flops_n: int):
+  """Next-token step with host-side throughput and FLOP metrics."""
 
   def step(state, batch):
     start = time.perf_counter()
@@ -248,12 +251,14 @@ def _timed(train_step, count_tokens):
     metrics = jax.device_get(metrics)
     tokens = float(count_tokens(batch['mask']))
     metrics['update_tokens_per_s'] = tokens / (time.perf_counter() - start)
+    metrics['step_flops'] = next_token_step_flops(flops_n, tokens)
     return state, metrics
 
   return step
 
 
 def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
+                    thoughts_per_position: int, flops_n: int,
                     state: TrainState, batch: dict[str, Any],
                     ) -> tuple[TrainState, dict[str, float]]:
   """One rollout, then `updates_per_batch` updates on it; update metrics averaged over them."""
@@ -272,8 +277,12 @@ def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
     metrics[name] = float(np.mean([m[name] for m in per_update]))
   metrics['clip_fraction_last_update'] = float(per_update[-1]['clip_fraction'])
   metrics['rollout_tokens_per_s'] = metrics['thought_tokens'] / rollout_seconds
-  trained_tokens = metrics['thought_tokens'] + float(count_tokens(batch['mask']))
+  document_tokens = float(count_tokens(batch['mask']))
+  trained_tokens = metrics['thought_tokens'] + document_tokens
   metrics['update_tokens_per_s'] = trained_tokens * updates_per_batch / update_seconds
+  metrics['step_flops'] = rlp_step_flops(
+      flops_n, document_tokens, metrics['thought_tokens'],
+      metrics['scored_positions'] * thoughts_per_position, updates_per_batch)
   return state, metrics
 
 

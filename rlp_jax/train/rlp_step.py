@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.objective import next_token_loss, token_log_probs
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
@@ -41,16 +42,80 @@ def baseline_evidence(graphdef: Any, teacher_params: Any, tokens: jax.Array, mas
   return token_log_probs(logits, jnp.take_along_axis(tokens, positions, axis=1))
 
 
+def teacher_next_token_stats(graphdef: Any, teacher_params: Any, tokens: jax.Array,
+                             mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """φ's prediction of every token from one teacher-forced forward over all columns.
+
+  Returns (log_prob, entropy), both float32 [B, L]: at column t ≥ 1, log p_φ(x_t | x_<t) and the
+  entropy of φ's next-token distribution that predicts x_t (log-softmax of the logits at t − 1,
+  in fp32); column 0 (nothing predicts it) is 0 in both.
+  """
+  logits, _ = registry.forward(graphdef, teacher_params, tokens, document_positions(tokens), mask)
+  log_softmax = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, L-1, V]
+  log_prob = jnp.take_along_axis(log_softmax, tokens[:, 1:, None], axis=-1)[..., 0]
+  entropy = -jnp.sum(jnp.exp(log_softmax) * log_softmax, axis=-1)
+  first_column = jnp.zeros_like(log_prob[:, :1])
+  return (jnp.concatenate([first_column, log_prob], axis=1),
+          jnp.concatenate([first_column, entropy], axis=1))
+
+
+def teacher_loss_weights(log_prob: jax.Array, entropy: jax.Array) -> jax.Array:
+  """'teacher_loss': weight −log p_φ(x_t | x_<t), where the no-think teacher is surprised."""
+  del entropy
+  return -log_prob
+
+
+def teacher_entropy_weights(log_prob: jax.Array, entropy: jax.Array) -> jax.Array:
+  """'teacher_entropy': weight H(p_φ(· | x_<t)), where the no-think teacher is uncertain."""
+  del log_prob
+  return entropy
+
+
+# rlp.position_rule → the sampling weight [B, L] of each position from the (log_prob, entropy) of
+# `teacher_next_token_stats`; 'uniform' has no weights (choose_positions' uniform path).
+POSITION_WEIGHTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    'teacher_loss': teacher_loss_weights,
+    'teacher_entropy': teacher_entropy_weights,
+}
+
+
+def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.Array,
+                                  tokens: jax.Array, mask: jax.Array,
+                                  rlp: ml_collections.ConfigDict,
+                                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Step 1 and 2 of both prefix modes: the K scored positions by `rlp.position_rule` and the
+  no-think evidence S_ema = log p_φ(x_t | x_<t) there.
+
+  'uniform': positions uniform from `key`, then teacher logits only at the K columns
+  (`baseline_evidence`). 'teacher_loss' / 'teacher_entropy': one teacher forward over all columns
+  gives φ's loss / entropy at every position as the sampling weight, and S_ema is gathered from
+  the same log-probs (no second forward).
+
+  Returns:
+    positions int32 [B, K], valid bool [B, K], S_ema float32 [B, K].
+  """
+  k, min_context = rlp.positions_per_document, rlp.min_context
+  if rlp.position_rule == 'uniform':
+    positions, valid = choose_positions(key, mask, k, min_context)
+    return positions, valid, baseline_evidence(graphdef, teacher_params, tokens, mask, positions)
+  if rlp.position_rule not in POSITION_WEIGHTS:
+    raise ConfigError(f"config key `rlp.position_rule` must be one of "
+                      f"{['uniform', *POSITION_WEIGHTS]}, got {rlp.position_rule!r}")
+  log_prob, entropy = teacher_next_token_stats(graphdef, teacher_params, tokens, mask)
+  weights = POSITION_WEIGHTS[rlp.position_rule](log_prob, entropy)
+  positions, valid = choose_positions(key, mask, k, min_context, weights)
+  return positions, valid, jnp.take_along_axis(log_prob, positions, axis=1)
+
+
 def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Array, batch: Batch,
                   model_config: ml_collections.ConfigDict, rlp: ml_collections.ConfigDict,
                   special: SpecialTokens) -> Rollout:
-  """Positions → S_ema (teacher) → thoughts (θ_old) → S_pred → reward → group advantage."""
+  """Positions and S_ema (teacher) → thoughts (θ_old) → S_pred → reward → group advantage."""
   tokens, mask = batch['tokens'], batch['mask']
-  k, g, limit = rlp.positions_per_document, rlp.thoughts_per_position, rlp.max_thought_tokens
+  g, limit = rlp.thoughts_per_position, rlp.max_thought_tokens
   key_positions, key_sample = jax.random.split(key)
-  positions, position_valid = choose_positions(key_positions, mask, k, rlp.min_context)
-
-  s_ema = baseline_evidence(graphdef, teacher_params, tokens, mask, positions)  # [B, K]
+  positions, position_valid, s_ema = scored_positions_and_baseline(
+      graphdef, teacher_params, key_positions, tokens, mask, rlp)
   s_ema = jnp.repeat(s_ema.reshape(-1), g)  # [R]
 
   prompts = build_prompts(tokens, positions, g, special.think_start_id)

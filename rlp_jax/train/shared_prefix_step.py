@@ -17,12 +17,13 @@ import ml_collections
 
 from rlp_jax.models.shared_prefix import document_kv
 from rlp_jax.objective import next_token_loss
-from rlp_jax.rollout.positions import choose_positions
+from rlp_jax.rollout.reasoned_evidence import ScoredSequences
 from rlp_jax.rollout.shared_prefix_sampler import (build_thought_sequences, sample_thoughts_shared,
                                                    score_thoughts_shared, thought_prompts)
+from rlp_jax.rollout.thought_sampler import Thoughts
 from rlp_jax.train.rollout_outcome import (Rollout, SpecialTokens, combine_update_loss,
                                            finish_rollout)
-from rlp_jax.train.rlp_step import baseline_evidence
+from rlp_jax.train.rlp_step import scored_positions_and_baseline
 from rlp_jax.train.step import document_positions
 
 Batch = dict[str, jax.Array]
@@ -33,23 +34,34 @@ def shared_rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: j
                          rlp: ml_collections.ConfigDict, special: SpecialTokens) -> Rollout:
   """`rlp_step.rollout_batch` with one θ_old document pass shared by sampling and S_pred."""
   tokens, mask = batch['tokens'], batch['mask']
-  k, g, limit = rlp.positions_per_document, rlp.thoughts_per_position, rlp.max_thought_tokens
   key_positions, key_sample = jax.random.split(key)
-  positions, position_valid = choose_positions(key_positions, mask, k, rlp.min_context)
-  doc_positions = document_positions(tokens)
+  positions, position_valid, s_ema = scored_positions_and_baseline(
+      graphdef, teacher_params, key_positions, tokens, mask, rlp)  # the same as rollout_batch
+  s_ema = jnp.repeat(s_ema.reshape(-1), rlp.thoughts_per_position)  # [R]
+  sequences, thoughts, s_pred = reasoned_evidence_shared(
+      graphdef, params, model_config, key_sample, tokens, mask, positions,
+      rlp.thoughts_per_position, rlp.max_thought_tokens, rlp.sample_temperature, special)
+  return finish_rollout(sequences, thoughts, s_pred, s_ema, position_valid, rlp)
 
-  s_ema = baseline_evidence(graphdef, teacher_params, tokens, mask, positions)  # [B, K]
-  s_ema = jnp.repeat(s_ema.reshape(-1), g)  # [R]
 
-  _, doc = document_kv(graphdef, params, tokens, doc_positions, mask, positions)
-  prompts = thought_prompts(tokens, positions, g, special.think_start_id)
-  thoughts = sample_thoughts_shared(graphdef, params, model_config, doc, prompts, key_sample,
-                                    limit, rlp.sample_temperature, special.think_end_id,
+def reasoned_evidence_shared(graphdef: Any, params: Any, model_config: ml_collections.ConfigDict,
+                             key: jax.Array, tokens: jax.Array, mask: jax.Array,
+                             positions: jax.Array, group_size: int, max_thought_tokens: int,
+                             temperature: float, special: SpecialTokens,
+                             ) -> tuple[ScoredSequences, Thoughts, jax.Array]:
+  """G thoughts per scored position sampled under `params` over one shared document pass, and
+  their reasoned evidence S_pred [R] = log p(x_t | x_<t, <think> c </think>) under `params`.
+
+  The rollout (θ_old) and the evaluator (the evaluated θ, rlp_jax.eval) both call this."""
+  _, doc = document_kv(graphdef, params, tokens, document_positions(tokens), mask, positions)
+  prompts = thought_prompts(tokens, positions, group_size, special.think_start_id)
+  thoughts = sample_thoughts_shared(graphdef, params, model_config, doc, prompts, key,
+                                    max_thought_tokens, temperature, special.think_end_id,
                                     special.pad_id)
   sequences = build_thought_sequences(prompts, thoughts, special.think_end_id, special.pad_id)
-  _, s_pred = score_thoughts_shared(graphdef, params, doc, sequences, limit,
-                                    rlp.sample_temperature)
-  return finish_rollout(sequences, thoughts, s_pred, s_ema, position_valid, rlp)
+  _, s_pred = score_thoughts_shared(graphdef, params, doc, sequences, max_thought_tokens,
+                                    temperature)
+  return sequences, thoughts, s_pred
 
 
 def shared_rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch,

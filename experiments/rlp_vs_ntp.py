@@ -1,0 +1,324 @@
+"""RLP vs next-token pretraining at matched training FLOPs, on the embedded reasoning corpus (CPU).
+
+  python experiments/rlp_vs_ntp.py                 # the full study (≈ 45 min on 2 CPU cores)
+  python experiments/rlp_vs_ntp.py --smoke         # every stage on a toy budget (≈ 2 min)
+  python experiments/rlp_vs_ntp.py --only=rules    # the position-rule ablation (see ABLATIONS)
+
+Stages:
+  a. base: next-token pretraining of the tiny model on the corpus (half its documents show worked
+     `<think> … </think>` steps, half only the answer) until it has learnt the format; saved once.
+  b. arms, each from that same base checkpoint, per seed:
+       rlp_paper     RLP with the paper's objective (ntp_weight 0)
+       rlp_paper_loss_positions   the same with rlp.position_rule='teacher_loss' (positions drawn
+                     where the no-think teacher is surprised)
+       rlp_combined  RLP with the combined update (ntp_weight 1)
+       ntp           next-token loss only, for as many steps as give it the FLOPs of the more
+                     expensive RLP arm (train/flops.py: 2N per forward token, 6N per trained one)
+     in two settings of what the arms read:
+       mix           the base's corpus (the next-token arm keeps reading worked thoughts)
+       answer_only   answer-only documents (the paper's setting: after the base has learnt the
+                     format, the continued text has no written thoughts)
+  c. evaluation (rlp_jax.eval) of the base and of every arm at 1/3, 2/3 and all of its budget;
+     the table (mean and 95% t-interval over seeds) and plots go to docs/results.md between the
+     `study` markers and to docs/img/ (with --smoke: under --out only).
+
+Everything a stage writes lives under --out (default /tmp/rlp_vs_ntp); a rerun reuses finished
+runs (each is an ordinary rlp_jax workdir, resumed by train()).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=wrong-import-position
+from rlp_jax.config_schema import base_config  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BEGIN, END = '<!-- study:begin -->', '<!-- study:end -->'
+
+# The study's settings (the full run). Every number here is what docs/results.md reports.
+STUDY = dict(
+    seeds=(0, 1, 2),
+    base_steps=800, base_batch=16, base_lr=3e-3,
+    rlp_steps=36, batch=8, lr=3e-4,
+    rlp=dict(positions_per_document=2, thoughts_per_position=8, max_thought_tokens=32,
+             sample_temperature=0.7, ema_decay=0.999, kl_weight=0.0, updates_per_rollout=1),
+    eval=dict(num_documents=48, num_problems=64, vote_samples=4, thoughts_per_position=4),
+    eval_points=3,
+    settings=('mix', 'answer_only'),
+)
+SMOKE = dict(seeds=(0,), base_steps=8, rlp_steps=2, settings=('answer_only',),
+             eval=dict(num_documents=8, num_problems=8, vote_samples=2, thoughts_per_position=2),
+             rlp=dict(thoughts_per_position=2, max_thought_tokens=8), eval_points=1)
+ARMS = ('rlp_paper', 'rlp_paper_loss_positions', 'rlp_combined', 'ntp')
+WORKED_FRACTION = {'mix': 0.5, 'answer_only': 0.0}
+# Reported metrics: (metrics key, label).
+REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/think_vote', 'think vote acc'),
+            ('acc/corpus/direct', 'direct acc'), ('gain/answer/sampled_mean', 'gain @answer'),
+            ('gain/answer/sampled_positive', 'gain>0 @answer'),
+            ('gain/all/sampled_mean', 'gain @all'), ('gain/gold/mean', 'gold-thought gain'),
+            ('ntp_loss', 'held-out NTP'))
+
+
+def _settings(smoke: bool) -> dict[str, Any]:
+  settings = copy.deepcopy(STUDY)
+  if smoke:
+    for key, value in SMOKE.items():
+      if isinstance(value, dict):
+        settings[key].update(value)
+      else:
+        settings[key] = value
+  return settings
+
+
+def _base_config(settings: dict[str, Any], data_dir: str):
+  config = base_config()
+  config.data.data_dir = data_dir
+  config.data.batch_size = settings['base_batch']
+  config.rlp.enabled = False
+  config.optimizer.learning_rate = settings['base_lr']
+  config.train.num_steps = settings['base_steps']
+  config.train.checkpoint_every = settings['base_steps']
+  config.train.keep_checkpoints = 1
+  config.train.progress_bar = False
+  return config
+
+
+def _arm_config(settings, data_dir, base_dir, tokenizer_path, setting, arm, seed, steps):
+  config = base_config()
+  config.seed = seed
+  config.data.data_dir = data_dir
+  config.data.batch_size = settings['batch']
+  config.data.worked_fraction = WORKED_FRACTION[setting]
+  config.tokenizer.path = tokenizer_path  # the base's tokenizer, whatever the arm reads
+  config.model.init_from = base_dir
+  config.optimizer.update(dict(learning_rate=settings['lr'], schedule='constant', warmup_steps=0))
+  config.rlp.update(settings['rlp'])
+  config.rlp.enabled = arm != 'ntp'
+  config.rlp.ntp_weight = 1.0 if arm == 'rlp_combined' else 0.0
+  if arm == 'rlp_paper_loss_positions':
+    config.rlp.position_rule = 'teacher_loss'
+  config.eval.update(settings['eval'])
+  config.train.num_steps = steps
+  config.train.eval_every = max(1, steps // settings['eval_points'])
+  config.train.checkpoint_every = steps
+  config.train.keep_checkpoints = 1
+  config.train.progress_bar = False
+  return config
+
+
+def _eval_rows(workdir: str) -> list[dict[str, float]]:
+  """(cumulative FLOPs, eval metrics) at each evaluated step of a finished run."""
+  from rlp_jax.train.metrics_writer import read_metrics  # pylint: disable=import-outside-toplevel
+  rows, flops = [], 0.0
+  for row in read_metrics(workdir):
+    flops += row['step_flops']
+    if 'eval/ntp_loss' in row:
+      rows.append({'step': row['step'], 'flops': flops,
+                   **{k[5:]: v for k, v in row.items() if k.startswith('eval/')}})
+  return rows
+
+
+def _run(config, workdir: str, label: str) -> float:
+  """Trains `config` in `workdir` (resuming a finished run does nothing); returns seconds."""
+  from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+  start = time.perf_counter()
+  print(f'[study] {label}: {config.train.num_steps} steps in {workdir}', flush=True)
+  train(config, workdir)
+  return time.perf_counter() - start
+
+
+def _ntp_steps_for(flops: float, config, tokenizer) -> int:
+  """Next-token steps whose FLOPs equal `flops`: 6N per document token of the arm's batches."""
+  from rlp_jax.data.batches import DocumentBatches  # pylint: disable=import-outside-toplevel
+  from rlp_jax.data.corpora import load_documents  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train.flops import (  # pylint: disable=import-outside-toplevel
+      next_token_step_flops, non_embedding_params)
+  batches = DocumentBatches(load_documents(config.data), tokenizer, config.data.batch_size,
+                            config.data.seq_len, seed=config.seed)
+  tokens = np.mean([batches.batch(p)['mask'].sum() for p in range(20)])
+  per_step = next_token_step_flops(non_embedding_params(config.model), float(tokens))
+  return max(1, round(flops / per_step))
+
+
+def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
+  """Runs every stage (reusing finished runs under `out`); returns the collected results."""
+  from rlp_jax.data.corpora import load_documents  # pylint: disable=import-outside-toplevel
+  from rlp_jax.data.tokenizer import build_tokenizer  # pylint: disable=import-outside-toplevel
+  from rlp_jax.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel
+  from rlp_jax.models import registry  # pylint: disable=import-outside-toplevel
+  from rlp_jax.interop.checkpoint_init import (  # pylint: disable=import-outside-toplevel
+      load_init_params)
+  import jax  # pylint: disable=import-outside-toplevel
+  # The arms share shapes: compiled steps and evaluators are reused across runs from this cache.
+  jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  settings = _settings(smoke)
+  data_dir = os.path.join(out, 'data')
+  timings = {}
+  base = _base_config(settings, data_dir)
+  base_dir = os.path.join(out, 'base')
+  timings['base'] = _run(base, base_dir, 'base (next-token pretraining)')
+  tokenizer = build_tokenizer(base.tokenizer, base.data)
+  results: dict[str, Any] = {'settings': settings, 'runs': {}, 'base': {}}
+  for setting in settings['settings']:
+    probe = _arm_config(settings, data_dir, base_dir, tokenizer.model_path, setting, 'ntp', 0, 1)
+    graphdef, _ = registry.abstract_params(probe.model)
+    base_eval_path = os.path.join(out, setting, 'base_eval.json')
+    if not os.path.exists(base_eval_path):
+      params, _ = load_init_params(base_dir, probe.model)
+      evaluator = Evaluator(probe, graphdef, tokenizer, load_documents(probe.data, 'validation'),
+                            progress_bar=False)
+      os.makedirs(os.path.dirname(base_eval_path), exist_ok=True)
+      with open(base_eval_path, 'w', encoding='utf-8') as f:
+        json.dump(evaluator.evaluate(params)['metrics'], f)
+    with open(base_eval_path, encoding='utf-8') as f:
+      results['base'][setting] = json.load(f)
+    for seed in settings['seeds']:
+      budget = 0.0
+      for arm in ARMS:
+        workdir = os.path.join(out, setting, f'{arm}_seed{seed}')
+        steps = settings['rlp_steps']
+        if arm == 'ntp':
+          config = _arm_config(settings, data_dir, base_dir, tokenizer.model_path, setting, arm,
+                               seed, 1)
+          steps = _ntp_steps_for(budget, config, tokenizer)
+        config = _arm_config(settings, data_dir, base_dir, tokenizer.model_path, setting, arm,
+                             seed, steps)
+        timings[f'{setting}/{arm}/{seed}'] = _run(config, workdir, f'{setting} {arm} seed {seed}')
+        rows = _eval_rows(workdir)
+        results['runs'][f'{setting}/{arm}/{seed}'] = rows
+        if arm != 'ntp':
+          budget = max(budget, rows[-1]['flops'])
+  results['timings'] = timings
+  with open(os.path.join(out, 'results.json'), 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=1)
+  write_report(results, docs_dir or out, smoke)
+  return results
+
+
+def mean_interval(values: list[float]) -> tuple[float, float]:
+  """Mean and the half-width of its 95% t-interval (0 for a single value)."""
+  from scipy import stats  # pylint: disable=import-outside-toplevel
+  values = np.asarray(values, np.float64)
+  if values.size < 2:
+    return float(values.mean()), 0.0
+  half = stats.t.ppf(0.975, values.size - 1) * values.std(ddof=1) / math.sqrt(values.size)
+  return float(values.mean()), float(half)
+
+
+def _final(results, setting, arm, key) -> list[float]:
+  return [rows[-1][key] for name, rows in results['runs'].items()
+          if name.startswith(f'{setting}/{arm}/') and key in rows[-1]]
+
+
+def results_table(results: dict[str, Any]) -> list[str]:
+  """Markdown tables: per setting, the base and each arm at its full budget."""
+  lines = []
+  for setting in results['settings']['settings']:
+    lines += ['', f'**{setting}** (mean ± 95% t-interval over seeds '
+                  f"{list(results['settings']['seeds'])}; base = the shared start, one value)", '',
+              '| arm | FLOPs | ' + ' | '.join(label for _, label in REPORTED) + ' |',
+              '|---|---|' + '---|' * len(REPORTED)]
+    base = results['base'][setting]
+    lines.append('| base | 0 | ' + ' | '.join(
+        f'{base[key]:.3f}' if key in base else '–' for key, _ in REPORTED) + ' |')
+    for arm in ARMS:
+      flops = _final(results, setting, arm, 'flops')
+      if not flops:
+        continue
+      cells = []
+      for key, _ in REPORTED:
+        values = _final(results, setting, arm, key)
+        mean, half = mean_interval(values) if values else (float('nan'), 0.0)
+        cells.append(f'{mean:.3f} ± {half:.3f}')
+      lines.append(f'| {arm} | {np.mean(flops):.2e} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def plot(results: dict[str, Any], image_dir: str) -> list[str]:
+  """Think-mode accuracy and gain at answer positions vs FLOPs, per setting; returns file names."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  os.makedirs(image_dir, exist_ok=True)
+  names = []
+  for setting in results['settings']['settings']:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, (key, label) in zip(axes, (('acc/corpus/think_greedy', 'think-mode accuracy'),
+                                       ('gain/answer/sampled_mean',
+                                        'information gain at answers (nats)'))):
+      base = results['base'][setting].get(key, float('nan'))
+      for arm in ARMS:
+        runs = [rows for name, rows in results['runs'].items()
+                if name.startswith(f'{setting}/{arm}/')]
+        if not runs:
+          continue
+        points = min(len(rows) for rows in runs)
+        x = [0.0] + [np.mean([rows[i]['flops'] for rows in runs]) for i in range(points)]
+        stats = [mean_interval([rows[i].get(key, float('nan')) for rows in runs])
+                 for i in range(points)]
+        y = np.array([base] + [m for m, _ in stats])
+        h = np.array([0.0] + [w for _, w in stats])
+        ax.plot(x, y, marker='o', label=arm)
+        ax.fill_between(x, y - h, y + h, alpha=0.2)
+      ax.set_xlabel('training FLOPs (2N/forward token, 6N/trained token)')
+      ax.set_title(f'{setting}: {label}')
+      ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    name = f'rlp_vs_ntp_{setting}.png'
+    fig.savefig(os.path.join(image_dir, name), dpi=110)
+    plt.close(fig)
+    names.append(name)
+  return names
+
+
+def write_report(results: dict[str, Any], docs_dir: str, smoke: bool) -> str:
+  """Writes the tables and plots into docs_dir/results.md between the study markers."""
+  images = plot(results, os.path.join(docs_dir, 'img'))
+  settings = results['settings']
+  body = [BEGIN, '', f"_Generated by `python experiments/rlp_vs_ntp.py{' --smoke' if smoke else ''}`"
+          f" ({sum(results['timings'].values()) / 60:.1f} min of runs)._", '',
+          f"Base: {settings['base_steps']} next-token steps, batch {settings['base_batch']}, lr "
+          f"{settings['base_lr']} cosine. Arms: {settings['rlp_steps']} RLP steps, batch "
+          f"{settings['batch']}, constant lr {settings['lr']}, rlp {settings['rlp']}; the ntp arm "
+          'runs until its FLOPs equal the larger RLP arm\'s. FLOPs = 2N·(forward tokens) + '
+          '6N·(trained tokens), N = non-embedding parameters (rlp_jax/train/flops.py).']
+  body += results_table(results)
+  body += [''] + [f'![{name}](img/{name})' for name in images] + ['', END]
+  path = os.path.join(docs_dir, 'results.md')
+  text = open(path, encoding='utf-8').read() if os.path.exists(path) else f'{BEGIN}\n{END}\n'
+  if BEGIN not in text or END not in text:
+    text += f'\n{BEGIN}\n{END}\n'
+  head, rest = text.split(BEGIN, 1)
+  tail = rest.split(END, 1)[1]
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(head + '\n'.join(body) + tail)
+  return path
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--out', default='/tmp/rlp_vs_ntp', help='where every run is written')
+  parser.add_argument('--smoke', action='store_true', help='every stage on a toy budget')
+  parser.add_argument('--docs', default=None, help='directory of results.md and img/ (default: '
+                      'the repository docs/ for the full study, --out for --smoke)')
+  args = parser.parse_args()
+  docs_dir = args.docs or (args.out if args.smoke else os.path.join(REPO, 'docs'))
+  run_study(args.out, args.smoke, docs_dir)
+  print(f'[study] report: {os.path.join(docs_dir, "results.md")}')
+
+
+if __name__ == '__main__':
+  main()

@@ -53,7 +53,7 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)  # orbax warns on every read-only checkpoint manager
   app.run(main, flags_parser=flags_parser)
 
 

@@ -78,18 +78,19 @@ class HeldOut:
       loss, count = next_token_loss(logits, tokens, mask)
       return loss * count, count
 
-    def gain(params, key, tokens, mask, positions, group, temperature):
+    def gains(params, key, tokens, mask, positions, group, temperature):
       batch, k = positions.shape
       s_plain = baseline_evidence(graphdef, params, tokens, mask, positions)  # [B, K]
       _, thoughts, s_think = reasoned_evidence_shared(
           graphdef, params, model_config, key, tokens, mask, positions, group,
           rlp.max_thought_tokens, temperature, special)
-      gains = s_think.reshape(batch, k, group) - s_plain[:, :, None]
-      return gains, thoughts.length.reshape(batch, k, group)
+      return s_think.reshape(batch, k, group) - s_plain[:, :, None], thoughts
 
     self._ntp = jax.jit(ntp_sums)
     self.log_prob_at = jax.jit(functools.partial(baseline_evidence, graphdef))
-    self._gain = jax.jit(gain, static_argnums=(5, 6))
+    # gains(params, key, tokens [B, L], mask, positions [B, K], G, temperature) ->
+    #   (gain [B, K, G], Thoughts with rows r = (b·K + k)·G + g)
+    self.gains = jax.jit(gains, static_argnums=(5, 6))
     self._positions = jax.jit(choose_positions, static_argnums=(2, 3))
 
   def next_token(self, params: Any, batches: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
@@ -114,11 +115,12 @@ class HeldOut:
     sampled, greedy, lengths = [], [], []
     for i, (batch, positions, valid) in enumerate(batches):
       args = (params, jax.random.fold_in(key, i), batch['tokens'], batch['mask'], positions)
-      g_sampled, length = self._gain(*args, self.group, float(self.rlp.sample_temperature))
-      g_greedy, _ = self._gain(*args, 1, 0.0)
+      g_sampled, thoughts = self.gains(*args, self.group, float(self.rlp.sample_temperature))
+      g_greedy, _ = self.gains(*args, 1, 0.0)
       sampled.append(np.asarray(g_sampled)[valid].reshape(-1))
       greedy.append(np.asarray(g_greedy)[valid].reshape(-1))
-      lengths.append(np.asarray(length)[valid].reshape(-1))
+      length = np.asarray(thoughts.length).reshape(g_sampled.shape)
+      lengths.append(length[valid].reshape(-1))
       if on_batch is not None:
         on_batch()
     out = {'positions': float(sum(int(v.sum()) for _, _, v in batches))}

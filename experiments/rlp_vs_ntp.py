@@ -2,7 +2,7 @@
 
   python experiments/rlp_vs_ntp.py                 # the full study (≈ 45 min on 2 CPU cores)
   python experiments/rlp_vs_ntp.py --smoke         # every stage on a toy budget (≈ 2 min)
-  python experiments/rlp_vs_ntp.py --only=rules    # the position-rule ablation (see ABLATIONS)
+  python experiments/rlp_vs_ntp.py --ablation      # one knob at a time (ABLATIONS), ≈ 25 min
 
 Stages:
   a. base: next-token pretraining of the tiny model on the corpus (half its documents show worked
@@ -45,6 +45,7 @@ from rlp_jax.config_schema import base_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = '<!-- study:begin -->', '<!-- study:end -->'
+ABLATION_BEGIN, ABLATION_END = '<!-- ablation:begin -->', '<!-- ablation:end -->'
 
 # The study's settings (the full run). Every number here is what docs/results.md reports.
 STUDY = dict(
@@ -60,6 +61,16 @@ STUDY = dict(
 SMOKE = dict(seeds=(0,), base_steps=8, rlp_steps=2, settings=('answer_only',),
              eval=dict(num_documents=8, num_problems=8, vote_samples=2, thoughts_per_position=2),
              rlp=dict(thoughts_per_position=2, max_thought_tokens=8), eval_points=1)
+# --ablation: the paper-objective arm (answer_only setting, same base, same seeds) with one knob
+# changed at a time; `reference` reuses the main study's rlp_paper runs.
+ABLATIONS = {
+    'reference': {},
+    'lr 3e-5': {'lr': 3e-5},
+    'G 16': {'rlp': {'thoughts_per_position': 16}},
+    'T 16': {'rlp': {'max_thought_tokens': 16}},
+    'temperature 1.0': {'rlp': {'sample_temperature': 1.0}},
+    'advantage group_std': {'rlp': {'advantage_estimator': 'group_std'}},
+}
 ARMS = ('rlp_paper', 'rlp_paper_loss_positions', 'rlp_combined', 'ntp')
 WORKED_FRACTION = {'mix': 0.5, 'answer_only': 0.0}
 # Reported metrics: (metrics key, label).
@@ -67,7 +78,8 @@ REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/think_vote', 
             ('acc/corpus/direct', 'direct acc'), ('gain/answer/sampled_mean', 'gain @answer'),
             ('gain/answer/sampled_positive', 'gain>0 @answer'),
             ('gain/all/sampled_mean', 'gain @all'), ('gain/gold/mean', 'gold-thought gain'),
-            ('ntp_loss', 'held-out NTP'))
+            ('ntp_loss', 'held-out NTP'), ('train_reward_first', 'train reward, first third'),
+            ('train_reward_last', 'last third'))
 
 
 def _settings(smoke: bool) -> dict[str, Any]:
@@ -127,6 +139,14 @@ def _eval_rows(workdir: str) -> list[dict[str, float]]:
       rows.append({'step': row['step'], 'flops': flops,
                    **{k[5:]: v for k, v in row.items() if k.startswith('eval/')}})
   return rows
+
+
+def _reward_thirds(workdir: str) -> tuple[float, float]:
+  """Mean training reward (S_pred − S_ema, nats) over the first and the last third of steps."""
+  from rlp_jax.train.metrics_writer import read_metrics  # pylint: disable=import-outside-toplevel
+  rewards = [row['reward_mean'] for row in read_metrics(workdir) if 'reward_mean' in row]
+  third = max(1, len(rewards) // 3)
+  return float(np.mean(rewards[:third])), float(np.mean(rewards[-third:]))
 
 
 def _run(config, workdir: str, label: str) -> float:
@@ -197,6 +217,9 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
                              seed, steps)
         timings[f'{setting}/{arm}/{seed}'] = _run(config, workdir, f'{setting} {arm} seed {seed}')
         rows = _eval_rows(workdir)
+        if arm != 'ntp':
+          first, last = _reward_thirds(workdir)
+          rows[-1].update(train_reward_first=first, train_reward_last=last)
         results['runs'][f'{setting}/{arm}/{seed}'] = rows
         if arm != 'ntp':
           budget = max(budget, rows[-1]['flops'])
@@ -205,6 +228,75 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
     json.dump(results, f, indent=1)
   write_report(results, docs_dir or out, smoke)
   return results
+
+
+def run_ablation(out: str, smoke: bool, docs_dir: str) -> dict[str, Any]:
+  """The ABLATIONS variants of the paper arm; needs the main study's base under `out`."""
+  from rlp_jax.data.tokenizer import build_tokenizer  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  settings = _settings(smoke)
+  data_dir, base_dir = os.path.join(out, 'data'), os.path.join(out, 'base')
+  base = _base_config(settings, data_dir)
+  _run(base, base_dir, 'base (next-token pretraining)')  # reused when finished
+  tokenizer = build_tokenizer(base.tokenizer, base.data)
+  results: dict[str, Any] = {'settings': settings, 'variants': {}}
+  for name, change in ABLATIONS.items():
+    variant = copy.deepcopy(settings)
+    for key, value in change.items():
+      if isinstance(value, dict):
+        variant[key].update(value)
+      else:
+        variant[key] = value
+    for seed in settings['seeds']:
+      if name == 'reference':
+        workdir = os.path.join(out, 'answer_only', f'rlp_paper_seed{seed}')
+      else:
+        workdir = os.path.join(out, 'ablation', f"{name.replace(' ', '_')}_seed{seed}")
+      config = _arm_config(variant, data_dir, base_dir, tokenizer.model_path, 'answer_only',
+                           'rlp_paper', seed, variant['rlp_steps'])
+      _run(config, workdir, f'ablation {name} seed {seed}')
+      rows = _eval_rows(workdir)
+      first, last = _reward_thirds(workdir)
+      rows[-1].update(train_reward_first=first, train_reward_last=last)
+      results['variants'].setdefault(name, []).append(rows[-1])
+  with open(os.path.join(out, 'ablation.json'), 'w', encoding='utf-8') as f:
+    json.dump(results, f, indent=1)
+  lines = [ABLATION_BEGIN, '', '_Generated by `python experiments/rlp_vs_ntp.py --ablation`: the '
+           'rlp_paper arm in the answer_only setting, one knob changed at a time, mean ± 95% '
+           f"t-interval over seeds {list(settings['seeds'])}._", '',
+           '| variant | ' + ' | '.join(label for _, label in ABLATION_REPORTED) + ' |',
+           '|---|' + '---|' * len(ABLATION_REPORTED)]
+  for name, finals in results['variants'].items():
+    cells = []
+    for key, _ in ABLATION_REPORTED:
+      mean, half = mean_interval([row[key] for row in finals])
+      cells.append(f'{mean:.3f} ± {half:.3f}')
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  _replace_section(os.path.join(docs_dir, 'results.md'), ABLATION_BEGIN, ABLATION_END,
+                   lines + ['', ABLATION_END])
+  return results
+
+
+ABLATION_REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/direct', 'direct acc'),
+                     ('gain/answer/sampled_mean', 'gain @answer'),
+                     ('gain/all/sampled_mean', 'gain @all'),
+                     ('gain/gold/mean', 'gold-thought gain'), ('ntp_loss', 'held-out NTP'),
+                     ('train_reward_first', 'train reward, first third'),
+                     ('train_reward_last', 'last third'))
+
+
+def _replace_section(path: str, begin: str, end: str, body: list[str]) -> None:
+  """Writes `body` (which starts with `begin` and ends with `end`) over that section of `path`,
+  keeping everything else; appends the section when it is missing."""
+  text = open(path, encoding='utf-8').read() if os.path.exists(path) else ''
+  if begin not in text or end not in text:
+    text += f'\n{begin}\n{end}\n'
+  head, rest = text.split(begin, 1)
+  tail = rest.split(end, 1)[1]
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(head + '\n'.join(body) + tail)
 
 
 def mean_interval(values: list[float]) -> tuple[float, float]:
@@ -240,8 +332,11 @@ def results_table(results: dict[str, Any]) -> list[str]:
       cells = []
       for key, _ in REPORTED:
         values = _final(results, setting, arm, key)
-        mean, half = mean_interval(values) if values else (float('nan'), 0.0)
-        cells.append(f'{mean:.3f} ± {half:.3f}')
+        if values:
+          mean, half = mean_interval(values)
+          cells.append(f'{mean:.3f} ± {half:.3f}')
+        else:
+          cells.append('–')
       lines.append(f'| {arm} | {np.mean(flops):.2e} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -298,13 +393,7 @@ def write_report(results: dict[str, Any], docs_dir: str, smoke: bool) -> str:
   body += results_table(results)
   body += [''] + [f'![{name}](img/{name})' for name in images] + ['', END]
   path = os.path.join(docs_dir, 'results.md')
-  text = open(path, encoding='utf-8').read() if os.path.exists(path) else f'{BEGIN}\n{END}\n'
-  if BEGIN not in text or END not in text:
-    text += f'\n{BEGIN}\n{END}\n'
-  head, rest = text.split(BEGIN, 1)
-  tail = rest.split(END, 1)[1]
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(head + '\n'.join(body) + tail)
+  _replace_section(path, BEGIN, END, body)
   return path
 
 
@@ -312,11 +401,16 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--out', default='/tmp/rlp_vs_ntp', help='where every run is written')
   parser.add_argument('--smoke', action='store_true', help='every stage on a toy budget')
+  parser.add_argument('--ablation', action='store_true', help='the ABLATIONS variants of the '
+                      'paper arm (after the main study, from its base and runs under --out)')
   parser.add_argument('--docs', default=None, help='directory of results.md and img/ (default: '
                       'the repository docs/ for the full study, --out for --smoke)')
   args = parser.parse_args()
   docs_dir = args.docs or (args.out if args.smoke else os.path.join(REPO, 'docs'))
-  run_study(args.out, args.smoke, docs_dir)
+  if args.ablation:
+    run_ablation(args.out, args.smoke, docs_dir)
+  else:
+    run_study(args.out, args.smoke, docs_dir)
   print(f'[study] report: {os.path.join(docs_dir, "results.md")}')
 
 

@@ -217,3 +217,26 @@ def test_package_imports_do_not_import_tfds():
   code = ('import sys, rlp_jax.data.corpora, rlp_jax.data.tokenizer, rlp_jax.data.batches;'
           'assert "tensorflow_datasets" not in sys.modules')
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_worked_fraction_keeps_the_problems_and_changes_only_the_rendering():
+  from rlp_jax.data.reasoning_corpus import document_problems, reasoning_document
+  from rlp_jax.data.tfds_builders import reasoning_corpus_config
+  worked_counts = {}
+  for fraction in (0.0, 0.5, 1.0):
+    worked_counts[fraction] = 0
+    for index in range(200):
+      problems, worked = document_problems(index, 3, fraction)
+      # The same draws; a worked rendering is longer, so it may keep fewer of them.
+      mine = [p.question for p in problems]
+      plain = [p.question for p in document_problems(index, 3, 0.0)[0]]
+      assert plain[:len(mine)] == mine
+      text = reasoning_document(index, 3, fraction)
+      assert ('<think>' in text) == worked
+      worked_counts[fraction] += worked
+  assert worked_counts[0.0] == 0 and worked_counts[1.0] == 200
+  assert 60 < worked_counts[0.5] < 140
+  assert reasoning_corpus_config(100, 3).name == 'n100_s3'  # the default keeps its dataset name
+  assert reasoning_corpus_config(100, 3, 0.0).name == 'n100_s3_w0'
+  with pytest.raises(ConfigError, match='worked_fraction'):
+    reasoning_corpus_config(100, 3, 1.5)

@@ -212,8 +212,9 @@ def _document_parts(index: int, seed: int, worked_fraction: float = WORKED_FRACT
                     ) -> tuple[list[Problem], list[str], bool]:
   """The problems of document `index`, their rendered texts and whether it is worked.
 
-  `worked_fraction` only moves the threshold of the document's first draw: the problems of a
-  document are the same for every fraction; 0 gives answer-only text, 1 worked text throughout.
+  `worked_fraction` only moves the threshold of the document's first draw: a document draws the
+  same problems for every fraction (a worked rendering is longer, so it may keep fewer of them);
+  0 gives answer-only text, 1 worked text throughout.
 
   A document draws 1-4 problems but stops at the first one that would take it past
   MAX_DOCUMENT_CHARS (its first problem is always kept).

@@ -70,6 +70,11 @@ ABLATIONS = {
     'T 16': {'rlp': {'max_thought_tokens': 16}},
     'temperature 1.0': {'rlp': {'sample_temperature': 1.0}},
     'advantage group_std': {'rlp': {'advantage_estimator': 'group_std'}},
+    'positions after "Answer: "': {'rlp': {'position_rule': 'after_marker',
+                                           'position_marker': 'Answer: '}},
+    'positions after "Answer: ", ntp_weight 1': {
+        'rlp': {'position_rule': 'after_marker', 'position_marker': 'Answer: '},
+        'ntp_weight': 1.0},
 }
 ARMS = ('rlp_paper', 'rlp_paper_loss_positions', 'rlp_combined', 'ntp')
 WORKED_FRACTION = {'mix': 0.5, 'answer_only': 0.0}
@@ -117,7 +122,7 @@ def _arm_config(settings, data_dir, base_dir, tokenizer_path, setting, arm, seed
   config.optimizer.update(dict(learning_rate=settings['lr'], schedule='constant', warmup_steps=0))
   config.rlp.update(settings['rlp'])
   config.rlp.enabled = arm != 'ntp'
-  config.rlp.ntp_weight = 1.0 if arm == 'rlp_combined' else 0.0
+  config.rlp.ntp_weight = 1.0 if arm == 'rlp_combined' else settings.get('ntp_weight', 0.0)
   if arm == 'rlp_paper_loss_positions':
     config.rlp.position_rule = 'teacher_loss'
   config.eval.update(settings['eval'])
@@ -237,6 +242,7 @@ def run_ablation(out: str, smoke: bool, docs_dir: str) -> dict[str, Any]:
   jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   settings = _settings(smoke)
+  settings['eval_points'] = 1  # the ablation reads the final evaluation only
   data_dir, base_dir = os.path.join(out, 'data'), os.path.join(out, 'base')
   base = _base_config(settings, data_dir)
   _run(base, base_dir, 'base (next-token pretraining)')  # reused when finished

@@ -129,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
       # 'uniform' | 'teacher_loss' | 'teacher_entropy': scored positions drawn uniformly or in
       # proportion to the EMA teacher's loss / entropy there (docs/objective.md, step 1)
       position_rule='uniform',
+      position_marker='',  # 'after_marker' rule: score the token right after this text
       prefix_mode='shared',  # one document pass serves all K·G rollouts; 'naive': re-encode
       # x_<t per rollout (the reference the shared path is tested against)
   ))
@@ -183,7 +184,7 @@ _CHOICES = {
     'model.remat': ('none', 'block'),
     'optimizer.schedule': ('cosine', 'constant'),
     'rlp.prefix_mode': ('naive', 'shared'),
-    'rlp.position_rule': ('uniform', 'teacher_loss', 'teacher_entropy'),
+    'rlp.position_rule': ('uniform', 'teacher_loss', 'teacher_entropy', 'after_marker'),
 }
 
 
@@ -272,6 +273,9 @@ def _validate_relations(config: ml_collections.ConfigDict) -> None:
                       f'`data.seq_len` ({data.seq_len})')
   from rlp_jax.objective.advantage import get_advantage_estimator  # pylint: disable=import-outside-toplevel
   get_advantage_estimator(rlp.advantage_estimator)  # unknown name → ConfigError naming the key
+  if rlp.position_rule == 'after_marker' and not rlp.position_marker:
+    raise ConfigError("config key `rlp.position_marker` must be set when `rlp.position_rule` is "
+                      "'after_marker' (e.g. 'Answer: ')")
   if rlp.ema_decay > 1:
     raise ConfigError(f'config key `rlp.ema_decay` must be in [0, 1], got {rlp.ema_decay}')
   if rlp.epsilon_low >= 1:

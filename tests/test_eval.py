@@ -230,3 +230,20 @@ def test_study_smoke_runs_every_stage(tmp_path):
   for arm in ('| base |', '| rlp_paper |', '| rlp_combined |', '| ntp |'):
     assert arm in report
   assert (out / 'img' / 'rlp_vs_ntp_answer_only.png').stat().st_size > 1000
+
+
+def test_after_marker_positions_are_the_evaluators_answer_positions(small_config):
+  """The training rule 'after_marker' with marker 'Answer: ' (token matching) and the evaluator's
+  answer positions (character offsets) find the same tokens in answer-only documents."""
+  from rlp_jax.train.loop import marker_token_ids  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train.rlp_step import after_marker  # pylint: disable=import-outside-toplevel
+  tokenizer = build_tokenizer(small_config.tokenizer, small_config.data)
+  small_config.rlp.position_marker = 'Answer: '
+  marker = marker_token_ids(tokenizer, small_config.rlp)
+  assert tokenizer.decode(list(marker)) == 'Answer: '
+  text = ('Question: What is 12 + 7?\nAnswer: 19.\n\nQuestion: Mia has 3 plums. How many?\n'
+          'Answer: 3 plums.\n\nQuestion: Compute 9 * 2.\nAnswer: 18.')
+  row = np.asarray([tokenizer.bos_id] + tokenizer.encode(text), np.int32)
+  found = np.nonzero(np.asarray(after_marker(jax.numpy.asarray(row[None]), marker))[0])[0]
+  assert found.tolist() == answer_positions(tokenizer, row, text)
+  assert len(found) == 3

@@ -292,6 +292,48 @@ def test_naive_and_shared_rollouts_choose_the_same_weighted_positions(teacher):
                              rtol=1e-4, atol=1e-5)
 
 
+def test_after_marker_rule_scores_only_the_tokens_after_the_marker(teacher):
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  _, teacher_params = teacher
+  marker = (7, 8)
+  tokens = np.full((2, 12), 9, np.int32)
+  tokens[0, [2, 3]] = marker  # t = 4 follows the marker
+  tokens[0, [6, 7]] = marker  # t = 8
+  tokens[0, 10] = 7  # a partial marker: t = 11 does not follow the whole marker
+  tokens[1, [0, 1]] = marker  # t = 2 follows it, but min_context 3 rules it out
+  tokens[1, [5, 6]] = marker  # t = 7
+  mask = np.ones_like(tokens, bool)
+  batch = {'tokens': jnp.asarray(tokens), 'mask': jnp.asarray(mask)}
+  rlp = rlp_config(position_rule='after_marker', position_marker='x', positions_per_document=3,
+                   min_context=3)
+  special = SpecialTokens(THINK_START, THINK_END, PAD, marker_ids=marker)
+  for seed in range(5):
+    positions, valid, s_ema = scored_positions_and_baseline(
+        graphdef, teacher_params, jax.random.key(seed), batch['tokens'], batch['mask'], rlp,
+        marker)
+    chosen = [sorted(np.asarray(positions)[b][np.asarray(valid)[b]].tolist()) for b in range(2)]
+    assert chosen == [[4, 8], [7]]
+    np.testing.assert_array_equal(
+        np.asarray(s_ema), np.asarray(baseline_evidence(graphdef, teacher_params,
+                                                        batch['tokens'], batch['mask'],
+                                                        positions)))
+  naive = rollout_batch(graphdef, params, teacher_params, jax.random.key(1), batch,
+                        model_config(), rlp, special)
+  shared = shared_rollout_batch(graphdef, params, teacher_params, jax.random.key(1), batch,
+                                model_config(), rlp, special)
+  np.testing.assert_array_equal(scored_position_of_rows(naive), scored_position_of_rows(shared))
+  assert float(naive.metrics['skipped_positions']) == 3.0
+  with pytest.raises(ConfigError, match='rlp.position_marker'):
+    scored_positions_and_baseline(graphdef, teacher_params, jax.random.key(0), batch['tokens'],
+                                  batch['mask'], rlp, ())
+  config = base_config()
+  config.rlp.position_rule = 'after_marker'
+  with pytest.raises(ConfigError, match='rlp.position_marker'):
+    validate_config(config)
+  config.rlp.position_marker = 'Answer: '
+  validate_config(config)
+
+
 # ------------------------------------------------------------------ (d) normalised advantages
 
 

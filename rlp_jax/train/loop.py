@@ -131,8 +131,9 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   flops_n = non_embedding_params(config.model)  # for the `step_flops` metric (train/flops.py)
   if use_rlp:
-    special = SpecialTokens(think_start_id=tokenizer.think_start_id,
-                            think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
+    special = SpecialTokens(
+        think_start_id=tokenizer.think_start_id, think_end_id=tokenizer.think_end_id,
+        pad_id=tokenizer.pad_id, marker_ids=marker_token_ids(tokenizer, config.rlp))
     rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
                             state_sharding, config.mesh.rules)
     train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens,
@@ -187,6 +188,22 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
+
+
+def marker_token_ids(tokenizer: Any, rlp: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """The token ids of `rlp.position_marker` as they appear inside a document ('' → ())."""
+  if not rlp.position_marker:
+    return ()
+  # Encoded after a newline, as the marker follows one in a document (sentencepiece would
+  # otherwise treat it as the start of a text), then cut off what the newline encodes to.
+  newline = tokenizer.encode('\n')
+  ids = tokenizer.encode('\n' + rlp.position_marker)
+  if ids[:len(newline)] == newline:
+    ids = ids[len(newline):]
+  if not ids:
+    raise ConfigError(f'config key `rlp.position_marker` ({rlp.position_marker!r}) encodes to no '
+                      'tokens')
+  return tuple(int(i) for i in ids)
 
 
 def _make_evaluator(config: ml_collections.ConfigDict, graphdef: Any, tokenizer: Any):

@@ -79,15 +79,32 @@ POSITION_WEIGHTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
+def after_marker(tokens: jax.Array, marker_ids: tuple[int, ...]) -> jax.Array:
+  """bool [B, L]: True at t when tokens[t − m : t] are the m marker ids (the token right after
+  each occurrence of the marker)."""
+  length, m = tokens.shape[1], len(marker_ids)
+  if m == 0:
+    raise ConfigError("config key `rlp.position_marker` must be set (non-empty) when "
+                      "`rlp.position_rule` is 'after_marker'")
+  match = jnp.arange(length)[None, :] >= m
+  for j, marker_id in enumerate(marker_ids):  # tokens[t − m + j] == marker[j]
+    shifted = jnp.pad(tokens, ((0, 0), (m - j, 0)), constant_values=-1)[:, :length]
+    match = match & (shifted == marker_id)
+  return match
+
+
 def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.Array,
                                   tokens: jax.Array, mask: jax.Array,
                                   rlp: ml_collections.ConfigDict,
+                                  marker_ids: tuple[int, ...] = (),
                                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Step 1 and 2 of both prefix modes: the K scored positions by `rlp.position_rule` and the
   no-think evidence S_ema = log p_φ(x_t | x_<t) there.
 
   'uniform': positions uniform from `key`, then teacher logits only at the K columns
-  (`baseline_evidence`). 'teacher_loss' / 'teacher_entropy': one teacher forward over all columns
+  (`baseline_evidence`). 'after_marker': the same among the tokens right after an occurrence of
+  `marker_ids` (the tokens of `rlp.position_marker`); documents with fewer such tokens get fewer
+  positions (counted as skipped). 'teacher_loss' / 'teacher_entropy': one teacher forward over all columns
   gives φ's loss / entropy at every position as the sampling weight, and S_ema is gathered from
   the same log-probs (no second forward).
 
@@ -95,8 +112,9 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
     positions int32 [B, K], valid bool [B, K], S_ema float32 [B, K].
   """
   k, min_context = rlp.positions_per_document, rlp.min_context
-  if rlp.position_rule == 'uniform':
-    positions, valid = choose_positions(key, mask, k, min_context)
+  if rlp.position_rule in ('uniform', 'after_marker'):
+    allowed = mask if rlp.position_rule == 'uniform' else mask & after_marker(tokens, marker_ids)
+    positions, valid = choose_positions(key, allowed, k, min_context)
     return positions, valid, baseline_evidence(graphdef, teacher_params, tokens, mask, positions)
   if rlp.position_rule not in POSITION_WEIGHTS:
     raise ConfigError(f"config key `rlp.position_rule` must be one of "
@@ -115,7 +133,7 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
   g, limit = rlp.thoughts_per_position, rlp.max_thought_tokens
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid, s_ema = scored_positions_and_baseline(
-      graphdef, teacher_params, key_positions, tokens, mask, rlp)
+      graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids)
   s_ema = jnp.repeat(s_ema.reshape(-1), g)  # [R]
 
   prompts = build_prompts(tokens, positions, g, special.think_start_id)

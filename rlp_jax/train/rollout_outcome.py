@@ -21,6 +21,8 @@ class SpecialTokens:
   think_start_id: int
   think_end_id: int
   pad_id: int
+  # The token ids of `rlp.position_marker` ('after_marker' rule: score the token after them).
+  marker_ids: tuple[int, ...] = ()
 
 
 @flax.struct.dataclass

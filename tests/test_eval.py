@@ -200,6 +200,26 @@ def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path)
   assert report['metrics']['acc/corpus/problems'] == 3
   assert 'answer accuracy' in done.stdout and 'gsm8k' in done.stdout
 
+  # A Hugging Face directory given as model.init_from (no checkpoints in the workdir) is the
+  # same θ: the same report as the checkpoint it was exported from.
+  from rlp_jax.eval.checkpoint_eval import (  # pylint: disable=import-outside-toplevel
+      evaluate_checkpoint, load_evaluated_params)
+  from rlp_jax.interop.hf_checkpoint import (  # pylint: disable=import-outside-toplevel
+      export_hf_checkpoint)
+  params, step, _ = load_evaluated_params(small_config, workdir, None)
+  assert step == 4
+  export_hf_checkpoint(params, small_config.model, str(tmp_path / 'hf'))
+  small_config.eval.benchmarks = ''
+  from_checkpoint = evaluate_checkpoint(small_config, workdir, limit=3, progress_bar=False)
+  small_config.model.init_from = str(tmp_path / 'hf')
+  from_hf = evaluate_checkpoint(small_config, str(tmp_path / 'empty'), limit=3,
+                                progress_bar=False)
+  assert from_hf['step'] == 0 and 'Hugging Face' in from_hf['weights']
+  assert os.path.exists(tmp_path / 'empty' / 'eval' / 'step_0.json')
+  for key, value in from_checkpoint['metrics'].items():
+    np.testing.assert_allclose(from_hf['metrics'][key], value, rtol=1e-5, atol=1e-6,
+                               err_msg=key)
+
   missing = _cli(*args, '--step=3')
   assert missing.returncode == 2
   assert missing.stderr.strip().count('\n') == 0 and 'step 3' in missing.stderr

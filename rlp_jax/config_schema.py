@@ -127,9 +127,13 @@ def base_config() -> ml_collections.ConfigDict:
       updates_per_rollout=1,  # optimizer steps taken on one rollout batch
       advantage_estimator='group',  # see rlp_jax.objective.advantage
       # 'uniform' | 'teacher_loss' | 'teacher_entropy': scored positions drawn uniformly or in
-      # proportion to the EMA teacher's loss / entropy there (docs/objective.md, step 1)
+      # proportion to the EMA teacher's loss / entropy there; 'after_marker': the token right
+      # after the text `position_marker` (docs/objective.md, step 1)
       position_rule='uniform',
-      position_marker='',  # 'after_marker' rule: score the token right after this text
+      position_marker='',
+      # thoughts that reach T without `</think>`: 'keep' (their advantage as computed) or
+      # 'no_gradient' (advantage 0: no policy gradient, as DAPO's overlong filtering)
+      truncated_thoughts='keep',
       prefix_mode='shared',  # one document pass serves all K·G rollouts; 'naive': re-encode
       # x_<t per rollout (the reference the shared path is tested against)
   ))
@@ -184,6 +188,7 @@ _CHOICES = {
     'model.remat': ('none', 'block'),
     'optimizer.schedule': ('cosine', 'constant'),
     'rlp.prefix_mode': ('naive', 'shared'),
+    'rlp.truncated_thoughts': ('keep', 'no_gradient'),
     'rlp.position_rule': ('uniform', 'teacher_loss', 'teacher_entropy', 'after_marker'),
 }
 

@@ -424,3 +424,29 @@ def test_normalised_advantages_are_registered_stop_gradient_and_need_two(name):
   config = base_config()
   config.rlp.advantage_estimator = name
   validate_config(config)
+
+
+def test_truncated_thoughts_no_gradient_zeroes_exactly_the_cut_thoughts(teacher):
+  """'no_gradient': thoughts that hit T (no sampled `</think>`) get advantage 0, the others keep
+  the advantage 'keep' gives them; with the same key both settings sample the same thoughts."""
+  graphdef, params = registry.init_params(model_config(), seed=0)
+  _, teacher_params = teacher
+  batch, key = documents(), jax.random.key(3)
+  rollouts = {}
+  for mode in ('keep', 'no_gradient'):
+    rlp = rlp_config(position_rule='uniform', max_thought_tokens=2, thoughts_per_position=4,
+                     truncated_thoughts=mode)
+    rollouts[mode] = shared_rollout_batch(graphdef, params, teacher_params, key, batch,
+                                          model_config(), rlp, SPECIAL)
+  keep, cut = rollouts['keep'], rollouts['no_gradient']
+  np.testing.assert_array_equal(np.asarray(keep.thought_mask), np.asarray(cut.thought_mask))
+  # A row ended when its thought region holds a sampled </think> (the rollout's `ended`).
+  sequences = keep.sequences
+  region = np.asarray(sequences.tokens[:, sequences.prompt_length:])
+  sampled = np.asarray(keep.thought_mask)
+  ended = np.array([np.any((region[r, :2] == THINK_END) & sampled[r]) for r in range(len(region))])
+  assert 0 < ended.sum() < len(ended), 'the test needs both ended and cut thoughts'
+  np.testing.assert_array_equal(np.asarray(cut.advantages)[~ended], 0.0)
+  np.testing.assert_array_equal(np.asarray(cut.advantages)[ended],
+                                np.asarray(keep.advantages)[ended])
+  assert np.any(np.asarray(keep.advantages)[~ended] != 0.0)

@@ -55,6 +55,8 @@ def finish_rollout(sequences: ScoredSequences, thoughts: Thoughts, s_pred: jax.A
   reward = information_gain(s_pred, s_ema)
   advantages = get_advantage_estimator(rlp.advantage_estimator)(reward.reshape(num_docs, k, g))
   advantages = jnp.where(row_valid, advantages.reshape(-1), 0.0)
+  if rlp.truncated_thoughts == 'no_gradient':  # overlong filtering: no credit for cut thoughts
+    advantages = jnp.where(thoughts.ended, advantages, 0.0)
   length = thoughts.length.astype(jnp.float32)
   metrics = {
       'reward_mean': _masked_mean(reward, row_valid),

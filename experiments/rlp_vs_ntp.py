@@ -88,7 +88,8 @@ REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/think_vote', 
             ('gain/answer/sampled_positive', 'gain>0 @answer'),
             ('gain/all/sampled_mean', 'gain @all'), ('gain/gold/mean', 'gold-thought gain'),
             ('ntp_loss', 'held-out NTP'), ('train_reward_first', 'train reward, first third'),
-            ('train_reward_last', 'last third'))
+            ('train_reward_last', 'last third'), ('cut_at_t_first', 'cut at T, first third'),
+            ('cut_at_t_last', 'last third'))
 
 
 def _settings(smoke: bool) -> dict[str, Any]:
@@ -152,12 +153,17 @@ def _eval_rows(workdir: str) -> list[dict[str, float]]:
   return rows
 
 
-def _reward_thirds(workdir: str) -> tuple[float, float]:
-  """Mean training reward (S_pred − S_ema, nats) over the first and the last third of steps."""
+def _training_trends(workdir: str) -> dict[str, float]:
+  """Training reward (S_pred − S_ema, nats) and share of thoughts cut at T, mean over the first
+  and the last third of the run's steps."""
   from rlp_jax.train.metrics_writer import read_metrics  # pylint: disable=import-outside-toplevel
-  rewards = [row['reward_mean'] for row in read_metrics(workdir) if 'reward_mean' in row]
-  third = max(1, len(rewards) // 3)
-  return float(np.mean(rewards[:third])), float(np.mean(rewards[-third:]))
+  rows = [row for row in read_metrics(workdir) if 'reward_mean' in row]
+  third = max(1, len(rows) // 3)
+  trends = {}
+  for key, name in (('reward_mean', 'train_reward'), ('thought_hit_limit_fraction', 'cut_at_t')):
+    trends[f'{name}_first'] = float(np.mean([row[key] for row in rows[:third]]))
+    trends[f'{name}_last'] = float(np.mean([row[key] for row in rows[-third:]]))
+  return trends
 
 
 def _run(config, workdir: str, label: str) -> float:
@@ -237,8 +243,7 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
         timings[f'{setting}/{arm}/{seed}'] = _run(config, workdir, f'{setting} {arm} seed {seed}')
         rows = _eval_rows(workdir)
         if arm != 'ntp':
-          first, last = _reward_thirds(workdir)
-          rows[-1].update(train_reward_first=first, train_reward_last=last)
+          rows[-1].update(_training_trends(workdir))
         results['runs'][f'{setting}/{arm}/{seed}'] = rows
         if arm != 'ntp':
           budget = max(budget, rows[-1]['flops'])
@@ -278,8 +283,7 @@ def run_ablation(out: str, smoke: bool, docs_dir: str) -> dict[str, Any]:
                            'rlp_paper', seed, variant['rlp_steps'])
       _run(config, workdir, f'ablation {name} seed {seed}')
       rows = _eval_rows(workdir)
-      first, last = _reward_thirds(workdir)
-      rows[-1].update(train_reward_first=first, train_reward_last=last)
+      rows[-1].update(_training_trends(workdir))
       results['variants'].setdefault(name, []).append(rows[-1])
   with open(os.path.join(out, 'ablation.json'), 'w', encoding='utf-8') as f:
     json.dump(results, f, indent=1)
@@ -364,7 +368,8 @@ ABLATION_REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/dire
                      ('gain/all/sampled_mean', 'gain @all'),
                      ('gain/gold/mean', 'gold-thought gain'), ('ntp_loss', 'held-out NTP'),
                      ('train_reward_first', 'train reward, first third'),
-                     ('train_reward_last', 'last third'))
+                     ('train_reward_last', 'last third'),
+                     ('cut_at_t_first', 'cut at T, first third'), ('cut_at_t_last', 'last third'))
 
 
 def _replace_section(path: str, begin: str, end: str, body: list[str]) -> None:

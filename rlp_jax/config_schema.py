@@ -178,7 +178,8 @@ _POSITIVE = (
 _NON_NEGATIVE = ('seed', 'data.corpus_seed', 'optimizer.warmup_steps', 'optimizer.weight_decay',
                  'optimizer.final_lr_fraction', 'rlp.sample_temperature', 'rlp.epsilon_low',
                  'rlp.epsilon_high', 'rlp.ntp_weight', 'rlp.kl_weight', 'rlp.ema_decay',
-                 'train.eval_every', 'data.worked_fraction', 'eval.num_documents', 'eval.num_problems', 'eval.seed')
+                 'train.eval_every', 'data.worked_fraction', 'eval.num_documents',
+                 'eval.num_problems', 'eval.seed')
 _CHOICES = {
     'data.corpus': ('reasoning', 'local_text'),
     'tokenizer.kind': ('sentencepiece', 'hf_json'),

@@ -104,9 +104,9 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
   'uniform': positions uniform from `key`, then teacher logits only at the K columns
   (`baseline_evidence`). 'after_marker': the same among the tokens right after an occurrence of
   `marker_ids` (the tokens of `rlp.position_marker`); documents with fewer such tokens get fewer
-  positions (counted as skipped). 'teacher_loss' / 'teacher_entropy': one teacher forward over all columns
-  gives φ's loss / entropy at every position as the sampling weight, and S_ema is gathered from
-  the same log-probs (no second forward).
+  positions (counted as skipped). 'teacher_loss' / 'teacher_entropy': one teacher forward over
+  all columns gives φ's loss / entropy at every position as the sampling weight, and S_ema is
+  gathered from the same log-probs (no second forward).
 
   Returns:
     positions int32 [B, K], valid bool [B, K], S_ema float32 [B, K].

@@ -36,7 +36,8 @@ def shared_rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: j
   tokens, mask = batch['tokens'], batch['mask']
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid, s_ema = scored_positions_and_baseline(
-      graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids)  # the same as rollout_batch
+      graphdef, teacher_params, key_positions, tokens, mask, rlp,
+      special.marker_ids)  # the same as rollout_batch
   s_ema = jnp.repeat(s_ema.reshape(-1), rlp.thoughts_per_position)  # [R]
   sequences, thoughts, s_pred = reasoned_evidence_shared(
       graphdef, params, model_config, key_sample, tokens, mask, positions,

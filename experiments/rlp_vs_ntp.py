@@ -2,7 +2,10 @@
 
   python experiments/rlp_vs_ntp.py                 # the full study (≈ 45 min on 2 CPU cores)
   python experiments/rlp_vs_ntp.py --smoke         # every stage on a toy budget (≈ 2 min)
-  python experiments/rlp_vs_ntp.py --ablation      # one knob at a time (ABLATIONS), ≈ 25 min
+  python experiments/rlp_vs_ntp.py --ablation      # one knob at a time (ABLATIONS), ≈ 35 min
+  python experiments/rlp_vs_ntp.py --base_steps=3000 --settings=answer_only \
+      --arms=rlp_paper,rlp_paper_answer_positions,ntp --out=/tmp/strong --docs=/tmp/strong
+                                                    # the same arms from a longer-trained base
 
 Stages:
   a. base: next-token pretraining of the tiny model on the corpus (half its documents show worked
@@ -47,6 +50,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = '<!-- study:begin -->', '<!-- study:end -->'
 ABLATION_BEGIN, ABLATION_END = '<!-- ablation:begin -->', '<!-- ablation:end -->'
 
+ARMS = ('rlp_paper', 'rlp_paper_loss_positions', 'rlp_combined', 'ntp')
+# What each RLP arm changes in settings['rlp'] (`--arms` may name any of these and 'ntp').
+ARM_RLP = {
+    'rlp_paper': {'ntp_weight': 0.0},
+    'rlp_paper_loss_positions': {'ntp_weight': 0.0, 'position_rule': 'teacher_loss'},
+    'rlp_combined': {'ntp_weight': 1.0},
+    'rlp_paper_answer_positions': {'ntp_weight': 0.0, 'position_rule': 'after_marker',
+                                   'position_marker': 'Answer: ',
+                                   'truncated_thoughts': 'no_gradient'},
+}
 # The study's settings (the full run). Every number here is what docs/results.md reports.
 STUDY = dict(
     seeds=(0, 1, 2),
@@ -58,6 +71,7 @@ STUDY = dict(
     eval=dict(num_documents=48, num_problems=64, vote_samples=4, thoughts_per_position=4),
     eval_points=3,
     settings=('mix', 'answer_only'),
+    arms=ARMS,
 )
 SMOKE = dict(seeds=(0,), num_documents=1000, base_steps=8, rlp_steps=2, settings=('answer_only',),
              eval=dict(num_documents=8, num_problems=8, vote_samples=2, thoughts_per_position=2),
@@ -80,7 +94,6 @@ ABLATIONS = {
                 'truncated_thoughts': 'no_gradient'}},
     'reference': {},  # last: it reads the main study's runs
 }
-ARMS = ('rlp_paper', 'rlp_paper_loss_positions', 'rlp_combined', 'ntp')
 WORKED_FRACTION = {'mix': 0.5, 'answer_only': 0.0}
 # Reported metrics: (metrics key, label).
 REPORTED = (('acc/corpus/think_greedy', 'think acc'), ('acc/corpus/think_vote', 'think vote acc'),
@@ -129,9 +142,8 @@ def _arm_config(settings, data_dir, base_dir, tokenizer_path, setting, arm, seed
   config.optimizer.update(dict(learning_rate=settings['lr'], schedule='constant', warmup_steps=0))
   config.rlp.update(settings['rlp'])
   config.rlp.enabled = arm != 'ntp'
-  config.rlp.ntp_weight = 1.0 if arm == 'rlp_combined' else settings.get('ntp_weight', 0.0)
-  if arm == 'rlp_paper_loss_positions':
-    config.rlp.position_rule = 'teacher_loss'
+  config.rlp.update(ARM_RLP.get(arm, {}))
+  config.rlp.ntp_weight = settings.get('ntp_weight', config.rlp.ntp_weight)
   config.eval.update(settings['eval'])
   config.train.num_steps = steps
   config.train.eval_every = max(1, steps // settings['eval_points'])
@@ -196,7 +208,8 @@ def _ntp_steps_for(flops: float, config, tokenizer) -> int:
   return max(1, round(flops / per_step))
 
 
-def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
+def run_study(out: str, smoke: bool, docs_dir: str | None,
+              overrides: dict[str, Any] | None = None) -> dict[str, Any]:
   """Runs every stage (reusing finished runs under `out`); returns the collected results."""
   from rlp_jax.data.corpora import load_documents  # pylint: disable=import-outside-toplevel
   from rlp_jax.data.tokenizer import build_tokenizer  # pylint: disable=import-outside-toplevel
@@ -208,7 +221,7 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
   # The arms share shapes: compiled steps and evaluators are reused across runs from this cache.
   jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  settings = _settings(smoke)
+  settings = dict(_settings(smoke), **(overrides or {}))
   data_dir = os.path.join(out, 'data')
   timings = {}
   base = _base_config(settings, data_dir)
@@ -231,7 +244,7 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
       results['base'][setting] = json.load(f)
     for seed in settings['seeds']:
       budget = 0.0
-      for arm in ARMS:
+      for arm in settings['arms']:
         workdir = os.path.join(out, setting, f'{arm}_seed{seed}')
         steps = settings['rlp_steps']
         if arm == 'ntp':
@@ -254,13 +267,14 @@ def run_study(out: str, smoke: bool, docs_dir: str | None) -> dict[str, Any]:
   return results
 
 
-def run_ablation(out: str, smoke: bool, docs_dir: str) -> dict[str, Any]:
+def run_ablation(out: str, smoke: bool, docs_dir: str,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
   """The ABLATIONS variants of the paper arm; needs the main study's base under `out`."""
   from rlp_jax.data.tokenizer import build_tokenizer  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   jax.config.update('jax_compilation_cache_dir', os.path.join(out, 'jax_cache'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  settings = _settings(smoke)
+  settings = dict(_settings(smoke), **(overrides or {}))
   settings['eval_points'] = 1  # the ablation reads the final evaluation only
   data_dir, base_dir = os.path.join(out, 'data'), os.path.join(out, 'base')
   base = _base_config(settings, data_dir)
@@ -410,7 +424,7 @@ def results_table(results: dict[str, Any]) -> list[str]:
     base = results['base'][setting]
     lines.append('| base | 0 | ' + ' | '.join(
         f'{base[key]:.3f}' if key in base else '–' for key, _ in REPORTED) + ' |')
-    for arm in ARMS:
+    for arm in results['settings']['arms']:
       flops = _final(results, setting, arm, 'flops')
       if not flops:
         continue
@@ -439,7 +453,7 @@ def plot(results: dict[str, Any], image_dir: str) -> list[str]:
                                        ('gain/answer/sampled_mean',
                                         'information gain at answers (nats)'))):
       base = results['base'][setting].get(key, float('nan'))
-      for arm in ARMS:
+      for arm in results['settings']['arms']:
         runs = [rows for name, rows in results['runs'].items()
                 if name.startswith(f'{setting}/{arm}/')]
         if not runs:
@@ -489,14 +503,26 @@ def main() -> None:
   parser.add_argument('--smoke', action='store_true', help='every stage on a toy budget')
   parser.add_argument('--ablation', action='store_true', help='the ABLATIONS variants of the '
                       'paper arm (after the main study, from its base and runs under --out)')
+  parser.add_argument('--base_steps', type=int, default=None, help='override the base\'s steps '
+                      '(a stronger or weaker base; use another --out)')
+  parser.add_argument('--settings', default=None, help='comma-separated subset of mix,answer_only')
+  parser.add_argument('--arms', default=None, help=f"comma-separated arms (of {', '.join(ARM_RLP)}, "
+                      'ntp; ntp last)')
   parser.add_argument('--docs', default=None, help='directory of results.md and img/ (default: '
                       'the repository docs/ for the full study, --out for --smoke)')
   args = parser.parse_args()
   docs_dir = args.docs or (args.out if args.smoke else os.path.join(REPO, 'docs'))
+  overrides = {}
+  if args.base_steps is not None:
+    overrides['base_steps'] = args.base_steps
+  if args.settings:
+    overrides['settings'] = tuple(args.settings.split(','))
+  if args.arms:
+    overrides['arms'] = tuple(args.arms.split(','))
   if args.ablation:
-    run_ablation(args.out, args.smoke, docs_dir)
+    run_ablation(args.out, args.smoke, docs_dir, overrides)
   else:
-    run_study(args.out, args.smoke, docs_dir)
+    run_study(args.out, args.smoke, docs_dir, overrides)
   print(f'[study] report: {os.path.join(docs_dir, "results.md")}')
 
 

@@ -39,6 +39,17 @@ def _limited(count: int, limit: int | None) -> int:
   return count if limit is None else min(count, limit)
 
 
+def _right_padded(rows: Sequence[Sequence[int]], size: int, width: int,
+                  pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """tokens int32 [size, width] and mask bool [size, width] of token lists (at most `size` of
+  them, each at most `width` long), right-padded; rows past the lists are empty."""
+  tokens = np.full((size, width), pad_id, np.int32)
+  mask = np.zeros((size, width), np.bool_)
+  for row, ids in enumerate(rows):
+    tokens[row, :len(ids)], mask[row, :len(ids)] = ids, True
+  return tokens, mask
+
+
 class Evaluator:
   """Evaluates parameters of `config.model` on the held-out data named by `config.eval`."""
 
@@ -59,6 +70,17 @@ class Evaluator:
     self.generator = Generator(graphdef, config.model, tokenizer, ev.rows_per_call,
                                data.seq_len, rlp.max_thought_tokens, ev.max_answer_tokens)
     self.sources = self._problem_sources(_limited(ev.num_problems, limit))
+    # The held-out inputs are the same at every evaluation: built once here.
+    key = jax.random.key(ev.seed)
+    self._document_batches = self._batches(self.documents)
+    self._uniform_batches = [
+        (batch, *self.heldout.uniform_positions(jax.random.fold_in(key, i), batch['mask']))
+        for i, batch in enumerate(self._document_batches)]
+    self._answer_batches = (self._answer_position_batches() if data.corpus == 'reasoning'
+                            else [])
+    self._gold_batches = self._gold_pairs() if 'corpus' in self.sources else []
+    self._prompts = {name: [[tokenizer.bos_id] + tokenizer.encode(render_prompt(p.question) + ' ')
+                            for p in problems] for name, problems in self.sources.items()}
 
   def _problem_sources(self, count: int) -> dict[str, list[EvalProblem]]:
     sources = {}
@@ -77,11 +99,8 @@ class Evaluator:
     size, length = self.config.data.batch_size, self.config.data.seq_len
     batches = []
     for start in range(0, len(indices), size):
-      tokens = np.full((size, length), self.tokenizer.pad_id, np.int32)
-      mask = np.zeros((size, length), np.bool_)
-      for row, index in enumerate(indices[start:start + size]):
-        ids = self.rows.document_tokens(index)
-        tokens[row, :len(ids)], mask[row, :len(ids)] = ids, True
+      rows = [self.rows.document_tokens(index) for index in indices[start:start + size]]
+      tokens, mask = _right_padded(rows, size, length, self.tokenizer.pad_id)
       batches.append({'tokens': tokens, 'mask': mask})
     return batches
 
@@ -109,10 +128,8 @@ class Evaluator:
   def evaluate(self, params: Any) -> dict[str, Any]:
     """All metrics for `params` (a flat dict of floats) plus `examples` (generated text)."""
     key = jax.random.key(self.config.eval.seed)
-    document_batches = self._batches(self.documents)
-    uniform = [(batch, *self.heldout.uniform_positions(jax.random.fold_in(key, i), batch['mask']))
-               for i, batch in enumerate(document_batches)]
-    answer = self._answer_position_batches() if self.config.data.corpus == 'reasoning' else []
+    document_batches, uniform = self._document_batches, self._uniform_batches
+    answer = self._answer_batches
     calls = self._generation_calls()
     total = len(document_batches) + len(uniform) + len(answer) + calls
     with tqdm(total=total, desc='eval', unit='call', leave=False,
@@ -125,20 +142,19 @@ class Evaluator:
           gain = self.heldout.information_gain(params, jax.random.fold_in(key, 1000), batches,
                                                tick)
           metrics.update({f'gain/{name}/{k}': v for k, v in gain.items()})
-      if 'corpus' in self.sources:
+      if self._gold_batches:
         metrics.update({f'gain/gold/{k}': v for k, v in self._gold_gain(params).items()})
       examples = {}
       for name, problems in self.sources.items():
-        accuracy, examples[name] = self._accuracy(params, problems, jax.random.fold_in(key, 7),
-                                                  tick)
+        accuracy, examples[name] = self._accuracy(params, problems, self._prompts[name],
+                                                  jax.random.fold_in(key, 7), tick)
         metrics.update({f'acc/{name}/{k}': v for k, v in accuracy.items()})
     return {'metrics': metrics, 'examples': examples}
 
-  def _gold_gain(self, params: Any) -> dict[str, float]:
-    """What a correct thought buys: log p_θ(first answer token | prompt <think> gold steps
-    </think>) − log p_θ(first answer token | prompt), on the corpus's held-out problems, with the
-    worked steps the corpus writes (not sampled). A large value with a small sampled gain means θ
-    uses thoughts but does not yet write correct ones."""
+  def _gold_pairs(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """Batches (tokens, mask, positions [B, 1], rows) of the corpus problems read plainly
+    (`prompt answer.`) and with their worked thought (`prompt <think> steps </think>answer.`),
+    in alternate rows, with the position of the answer's first token."""
     tok, size = self.tokenizer, self.config.data.batch_size
     pairs = []
     for p in self.sources['corpus']:
@@ -152,16 +168,24 @@ class Evaluator:
       if len(pairs) % 2:
         pairs.pop()  # the plain and the worked reading are scored as a pair, or not at all
     width = max((len(full) for full, _ in pairs), default=1)
-    log_probs = []
+    batches = []
     for start in range(0, len(pairs), size):
       chunk = pairs[start:start + size]
-      tokens = np.full((size, width), tok.pad_id, np.int32)
-      mask = np.zeros((size, width), np.bool_)
+      tokens, mask = _right_padded([full for full, _ in chunk], size, width, tok.pad_id)
       positions = np.ones((size, 1), np.int32)
-      for row, (full, t) in enumerate(chunk):
-        tokens[row, :len(full)], mask[row, :len(full)], positions[row, 0] = full, True, t
+      positions[:len(chunk), 0] = [t for _, t in chunk]
+      batches.append((tokens, mask, positions, len(chunk)))
+    return batches
+
+  def _gold_gain(self, params: Any) -> dict[str, float]:
+    """What a correct thought buys: log p_θ(first answer token | prompt <think> gold steps
+    </think>) − log p_θ(first answer token | prompt), on the corpus's held-out problems, with the
+    worked steps the corpus writes (not sampled). A large value with a small sampled gain means θ
+    uses thoughts but does not yet write correct ones."""
+    log_probs = []
+    for tokens, mask, positions, rows in self._gold_batches:
       values = self.heldout.log_prob_at(params, tokens, mask, positions)
-      log_probs.extend(np.asarray(values)[:len(chunk), 0].tolist())
+      log_probs.extend(np.asarray(values)[:rows, 0].tolist())
     gains = np.asarray(log_probs[1::2]) - np.asarray(log_probs[0::2])
     if not gains.size:
       return {}
@@ -177,10 +201,9 @@ class Evaluator:
       calls += 3 * -(-n // per_call) + 2 * -(-vote // per_call)  # direct, greedy ×2, vote ×2
     return calls
 
-  def _accuracy(self, params: Any, problems: Sequence[EvalProblem], key: jax.Array, tick,
+  def _accuracy(self, params: Any, problems: Sequence[EvalProblem],
+                prompts: Sequence[Sequence[int]], key: jax.Array, tick,
                 ) -> tuple[dict[str, float], list[dict[str, str]]]:
-    tok = self.tokenizer
-    prompts = [[tok.bos_id] + tok.encode(render_prompt(p.question) + ' ') for p in problems]
     direct = self.generator.answers(params, prompts, tick)
     thoughts, greedy = self.generator.think_then_answer(params, prompts, key, 0.0, tick)
     k = self.config.eval.vote_samples

@@ -93,10 +93,11 @@ class Generator:
         params, packed, key, max_answer_tokens, 0.0, answer_stops, no_think))
 
   def _chunks(self, packed: PackedPrompts, run: Callable, on_chunk: Callable[[], None] | None):
-    """Runs `run(chunk dict) -> arrays` over fixed-size chunks; concatenates the real rows."""
+    """Runs `run(chunk dict, chunk number) -> arrays` over fixed-size chunks; concatenates the
+    real rows."""
     rows, size = packed.tokens.shape[0], self.rows_per_call
     outputs = []
-    for start in range(0, rows, size):
+    for number, start in enumerate(range(0, rows, size)):
       chunk = {}
       for name in ('tokens', 'positions', 'mask', 'last'):
         part = getattr(packed, name)[start:start + size]
@@ -105,7 +106,7 @@ class Generator:
           filler = np.repeat(part[-1:], pad, axis=0)
           part = np.concatenate([part, filler], axis=0)
         chunk[name] = part
-      outputs.append([np.asarray(x)[:min(size, rows - start)] for x in run(chunk)])
+      outputs.append([np.asarray(x)[:min(size, rows - start)] for x in run(chunk, number)])
       if on_chunk is not None:
         on_chunk()
     return [np.concatenate(parts, axis=0) for parts in zip(*outputs)]
@@ -116,7 +117,8 @@ class Generator:
     packed = pack_prompts(prompts, self.prompt_width + self.max_thought_tokens + 2,
                           self.tokenizer.pad_id)
     key = jax.random.key(0)  # greedy: the key is not used
-    tokens, lengths, _ = self._chunks(packed, lambda c: self._answer(params, c, key), on_chunk)
+    tokens, lengths, _ = self._chunks(packed, lambda c, _: self._answer(params, c, key),
+                                      on_chunk)
     return [self.tokenizer.decode(row[:n].tolist()) for row, n in zip(tokens, lengths)]
 
   def thoughts(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array,
@@ -126,10 +128,9 @@ class Generator:
     think_start, think_end = self.tokenizer.think_start_id, self.tokenizer.think_end_id
     packed = pack_prompts([list(p) + [think_start] for p in prompts], self.prompt_width + 1,
                           self.tokenizer.pad_id)
-    calls = iter(range(10**9))
     tokens, lengths, _ = self._chunks(
-        packed, lambda c: self._thought(params, c, jax.random.fold_in(key, next(calls)),
-                                        float(temperature)), on_chunk)
+        packed, lambda c, number: self._thought(params, c, jax.random.fold_in(key, number),
+                                                float(temperature)), on_chunk)
     return [[t for t in row[:n].tolist() if t != think_end] for row, n in zip(tokens, lengths)]
 
   def think_then_answer(self, params: Any, prompts: Sequence[Sequence[int]], key: jax.Array,

@@ -56,7 +56,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
   report = {'step': step, 'weights': source, 'limit': limit, **result}
   path = os.path.join(workdir, 'eval', f'step_{step}.json')
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w', encoding='utf-8') as f:
+  partial = path + '.partial'  # a kill while writing leaves the previous report whole
+  with open(partial, 'w', encoding='utf-8') as f:
     json.dump(report, f, indent=2)
+  os.replace(partial, path)
   report['path'] = path
   return report

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import Any
 
 from absl import flags
 
@@ -18,6 +19,20 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 def fail(message: str) -> None:
   print(f'rlp_jax: error: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+def config_from_flags(argv: list[str], config_flag: Any) -> Any:
+  """The config of `--config` (with its overrides), or one line and exit status 2 for stray
+  positional arguments or a config file that fails to load (it is loaded lazily, on first
+  access)."""
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
+  try:
+    config = config_flag.value
+    config.keys()
+  except Exception as error:  # pylint: disable=broad-except
+    fail(one_line(error))
+  return config
 
 
 def with_default_config(argv: list[str]) -> list[str]:

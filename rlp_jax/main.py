@@ -17,7 +17,7 @@ from absl import logging
 from absl import flags
 from ml_collections import config_flags
 
-from rlp_jax.cli import fail, flags_parser, one_line
+from rlp_jax.cli import config_from_flags, fail, flags_parser
 from rlp_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -43,19 +43,13 @@ _DRY_RUN_DEVICES = flags.DEFINE_integer('dry_run_devices', None, 'Simulated devi
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
+  config = config_from_flags(argv, _CONFIG)
   if not _WORKDIR.value and not _DRY_RUN.value:
     fail('--workdir is required (where metrics, event files and checkpoints go)')
   if _WORKDIR.value and '://' in _WORKDIR.value:
     fail(f'--workdir {_WORKDIR.value!r}: URL workdirs (gs://, s3://) are not supported; mount the '
          'bucket or a shared filesystem on every host (gcsfuse, Filestore/NFS) and pass its local '
          'path (docs/launch.md)')
-  try:
-    config = _CONFIG.value  # loaded lazily: a broken config file fails on first access
-    config.keys()
-  except Exception as error:  # pylint: disable=broad-except
-    fail(one_line(error))
   from rlp_jax.config_schema import validate_config  # pylint: disable=import-outside-toplevel
   try:
     validate_config(config)

@@ -14,7 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from rlp_jax.cli import fail, flags_parser, one_line
+from rlp_jax.cli import config_from_flags, fail, flags_parser
 from rlp_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -29,15 +29,9 @@ _LIMIT = flags.DEFINE_integer('limit', None, 'Evaluate at most N held-out docume
 
 
 def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    fail(f'unexpected arguments {argv[1:]} (use --config.key=value for overrides)')
+  config = config_from_flags(argv, _CONFIG)
   if not _WORKDIR.value:
     fail('--workdir is required (the run directory to evaluate)')
-  try:
-    config = _CONFIG.value
-    config.keys()
-  except Exception as error:  # pylint: disable=broad-except
-    fail(one_line(error))
   from rlp_jax.eval.checkpoint_eval import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
   from rlp_jax.eval.evaluator import format_table  # pylint: disable=import-outside-toplevel
   try:

@@ -25,19 +25,11 @@ from rlp_jax.train.rlp_step import (POSITION_WEIGHTS, SpecialTokens, baseline_ev
                                     teacher_next_token_stats)
 from rlp_jax.train.shared_prefix_step import shared_rollout_batch
 from rlp_jax.train.step import document_positions
+from test_rollout import VOCAB, model_config  # the tiny dense model of the rollout tests
 
 THINK_START, THINK_END, PAD = 3, 4, 0
 SPECIAL = SpecialTokens(think_start_id=THINK_START, think_end_id=THINK_END, pad_id=PAD)
-VOCAB = 24
 SIGMAS = 5.0  # frequency tolerance in binomial standard deviations (fixed keys: deterministic)
-
-
-def model_config() -> ml_collections.ConfigDict:
-  """The tiny dense model of tests/test_shared_prefix.py."""
-  config = base_config().model
-  config.update(dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=8, init_std=0.3))
-  return config
 
 
 def rlp_config(**overrides) -> ml_collections.ConfigDict:

@@ -21,6 +21,9 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # for tests/
+from tests import helpers  # noqa: E402  pylint: disable=wrong-import-position
+
 GIB = 2**30
 
 # The RLP workload of every case: one scored position per document, G = 16 thoughts of up to
@@ -85,10 +88,7 @@ CASES = [
 
 
 def case_config(case: Case, num_layers: int | None):
-  import importlib  # pylint: disable=import-outside-toplevel
-  if REPO not in sys.path:  # configs/ is a directory of the repository, not a package on the path
-    sys.path.insert(0, REPO)
-  config = importlib.import_module(f'configs.{case.config}').get_config()
+  config = helpers.load_config(case.config)
   for key, value in dict(WORKLOAD, **case.workload, **{'data.batch_size': case.batch}).items():
     group, name = key.split('.')
     config[group][name] = value
@@ -102,11 +102,11 @@ def case_config(case: Case, num_layers: int | None):
 
 def child(index: int, num_layers: int | None, compile_steps: bool) -> None:
   """Runs in a fresh process: simulate the devices, plan, print the plan as JSON."""
-  from rlp_jax.parallel import memory_plan  # pylint: disable=import-outside-toplevel
+  from rlp_jax import dry_run  # pylint: disable=import-outside-toplevel
   case = CASES[index]
-  memory_plan.simulate_cpu_devices(case.devices)
-  plan = memory_plan.plan_memory(case_config(case, num_layers), compile_steps=compile_steps)
-  print(json.dumps(memory_plan.plan_as_dict(plan)))
+  dry_run.simulate_cpu_devices(case.devices)
+  plan = dry_run.plan_memory(case_config(case, num_layers), compile_steps=compile_steps)
+  print(json.dumps(dry_run.plan_as_dict(plan)))
 
 
 def run_child(index: int, num_layers: int | None, compile_steps: bool) -> dict:

@@ -13,7 +13,7 @@ Reported:
     step reads every weight once, so no step can be faster;
   transformers generate (torch on the same card, when torch has CUDA; CPU with --tiny): ms per
     decode step the same way (generate T tokens − generate 1 token) / (T − 1);
-  update step (gradient of shared_rlp_loss, bf16, optimizer left out): seconds and model-FLOPs
+  update step (gradient of rlp_loss with the shared prefix strategy, bf16, optimizer left out): seconds and model-FLOPs
     utilisation, the model FLOPs being 6 × (non-embedding params + lm head) × tokens + 12 × layers × heads ×
     head_dim × (attended keys summed over tokens), peak from --peak-tflops or the device kind.
 
@@ -23,7 +23,9 @@ Reported:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -31,15 +33,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.models import registry
 from rlp_jax.models.shared_prefix import document_kv, thought_forward
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences
-from rlp_jax.rollout.shared_prefix_sampler import sample_thoughts_shared, thought_prompts
+from rlp_jax.rollout.prefix_strategies import sample_thoughts_shared, thought_prompts
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
-from rlp_jax.train.rlp_step import Rollout
-from rlp_jax.train.shared_prefix_step import shared_rlp_loss
-from rlp_jax.train.step import document_positions
+from rlp_jax.rollout.rlp_rollout import Rollout
+from rlp_jax.train.rlp_loss import rlp_loss
+from rlp_jax.models.registry import document_positions
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for tests/
+from tests import helpers  # noqa: E402  pylint: disable=wrong-import-position
 
 THINK_START, THINK_END, NEVER = 3, 4, -1
 PEAK_BF16_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0, 'B200': 2250.0}  # dense
@@ -95,11 +100,7 @@ def torch_generate_ms(config: Any, prompt: np.ndarray, limit: int, repeats: int)
   on_gpu = torch.cuda.is_available()
   if not on_gpu and config.hidden_size > 512:
     return 'not measured (torch has no CUDA here; a 1.7B CPU generate is out of budget)'
-  hf_config = transformers.Qwen3Config(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-      head_dim=config.head_dim, tie_word_embeddings=True, use_sliding_window=False)
+  hf_config = helpers.qwen3_hf_config(config, tie_word_embeddings=True, use_sliding_window=False)
   device = 'cuda' if on_gpu else 'cpu'
   with torch.device(device):
     model = transformers.Qwen3ForCausalLM(hf_config).to(torch.bfloat16).eval()
@@ -180,9 +181,10 @@ def main() -> None:
                     thought_mask=thoughts.mask, old_log_probs=thoughts.log_probs,
                     advantages=jax.random.normal(key, (rollouts,)), metrics={})
   rlp = base_config().rlp
-  rlp.update(dict(positions_per_document=k, thoughts_per_position=g, max_thought_tokens=limit))
+  rlp.update(dict(positions_per_document=k, thoughts_per_position=g, max_thought_tokens=limit,
+                  prefix_mode='shared'))
   batch = {'tokens': tokens, 'mask': mask}
-  update = jax.jit(jax.grad(lambda p: shared_rlp_loss(p, p, graphdef, batch, rollout, rlp)[0]))
+  update = jax.jit(jax.grad(lambda p: rlp_loss(p, p, graphdef, batch, rollout, rlp)[0]))
   update_s = median_seconds(lambda: update(params), args.repeats)
   flops = model_flops(config, prefix + 1, rollouts, limit + 2, prefix)
   peak = args.peak_tflops or next((v for n, v in PEAK_BF16_TFLOPS.items()

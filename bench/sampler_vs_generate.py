@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -33,12 +34,15 @@ import numpy as np
 import torch
 import transformers
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.models import registry
 from rlp_jax.models.shared_prefix import document_kv
-from rlp_jax.rollout.shared_prefix_sampler import sample_thoughts_shared, thought_prompts
+from rlp_jax.rollout.prefix_strategies import sample_thoughts_shared, thought_prompts
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
-from rlp_jax.train.step import document_positions
+from rlp_jax.models.registry import document_positions
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for tests/
+from tests import helpers  # noqa: E402  pylint: disable=wrong-import-position
 
 THINK_START, NEVER = 3, -1  # NEVER: an end id no sampled token equals, so every row runs T steps
 
@@ -53,44 +57,9 @@ def model_config(vocab_size: int = 2048) -> Any:
 
 
 def hf_model(config: Any) -> torch.nn.Module:
-  hf_config = transformers.Qwen3Config(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-      head_dim=config.head_dim, rms_norm_eps=config.norm_eps,
-      rope_parameters={'rope_type': 'default', 'rope_theta': config.rope_theta},
-      tie_word_embeddings=True, attention_bias=False, use_sliding_window=False)
-  torch.manual_seed(0)
-  return transformers.Qwen3ForCausalLM(hf_config).float().eval()
-
-
-def params_from_hf(model: torch.nn.Module, config: Any) -> dict:
-  """Qwen3ForCausalLM (tied) weights as rlp_jax params (same layout as tests/test_dense_model)."""
-  state = model.state_dict()
-  e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
-
-  def get(name):
-    return jnp.asarray(state[name].detach().numpy())
-
-  params = {'token_embedding': {'embedding': get('model.embed_tokens.weight')},
-            'final_norm': {'scale': get('model.norm.weight')}, 'layers': {}}
-  for i in range(config.num_layers):
-    prefix, attn = f'model.layers.{i}.', f'model.layers.{i}.self_attn.'
-    params['layers'][i] = {
-        'attention_norm': {'scale': get(prefix + 'input_layernorm.weight')},
-        'attention': {
-            'q_proj': {'kernel': get(attn + 'q_proj.weight').T.reshape(e, h, d)},
-            'k_proj': {'kernel': get(attn + 'k_proj.weight').T.reshape(e, k, d)},
-            'v_proj': {'kernel': get(attn + 'v_proj.weight').T.reshape(e, k, d)},
-            'o_proj': {'kernel': get(attn + 'o_proj.weight').T.reshape(h, d, e)},
-            'q_norm': {'scale': get(attn + 'q_norm.weight')},
-            'k_norm': {'scale': get(attn + 'k_norm.weight')},
-        },
-        'mlp_norm': {'scale': get(prefix + 'post_attention_layernorm.weight')},
-        'mlp': {name: {'kernel': get(f'{prefix}mlp.{name}.weight').T}
-                for name in ('gate_proj', 'up_proj', 'down_proj')},
-    }
-  return params
+  """transformers' Qwen3ForCausalLM of `config` (tied), torch seed 0, transformers' own init."""
+  return helpers.qwen3_model(config, seed=0, std=None, attention_bias=False,
+                             use_sliding_window=False)
 
 
 def median_seconds(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -147,7 +116,7 @@ def main() -> None:
   theirs = generate().numpy()
 
   graphdef, _ = registry.abstract_params(config)
-  params = params_from_hf(model, config)
+  params = helpers.params_from_torch(model, config)  # rlp_jax.interop's name map
   doc_tokens = jnp.asarray(document)
   positions = jnp.full((1, 1), prefix, jnp.int32)  # t = P: the prompt is x_<P <think>
   prompts = build_prompts(doc_tokens, positions, rows, THINK_START)

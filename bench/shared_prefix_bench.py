@@ -1,10 +1,11 @@
-"""Shared-prefix vs naive RLP compute, measured side by side in one run (DESIGN §2, issue 5).
+"""Shared-prefix vs naive RLP compute, measured side by side in one run (docs/performance.md).
 
-For each K·G it times, on the same random model, documents and key:
-  rollout: `rlp_step.rollout_batch` (naive: every rollout re-encodes x_<t) against
-           `shared_prefix_step.shared_rollout_batch` (one document pass) — positions, teacher
-           S_ema forward, sampling, S_pred — reported as sampled thought tokens per second;
-  update:  value_and_grad of `rlp_step.rlp_loss` against `shared_prefix_step.shared_rlp_loss`
+For each K·G it times, on the same random model, documents and key, the two prefix strategies
+(`rlp.prefix_mode`, rollout/prefix_strategies.py):
+  rollout: `rlp_rollout.rollout_batch` with 'naive' (every rollout re-encodes x_<t) against
+           'shared' (one document pass) — positions, teacher S_ema forward, sampling, S_pred —
+           reported as sampled thought tokens per second;
+  update:  value_and_grad of `rlp_loss.rlp_loss` with each strategy
            (policy + next-token loss; the optimizer is the same for both and left out).
 Each time is the median of --repeats timed calls after one compiling warm-up call, the naive and
 shared calls alternating; each ratio (×) is the median of the per-repeat ratios. It also prints
@@ -32,10 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.models import registry
-from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
-from rlp_jax.train.shared_prefix_step import shared_rlp_loss, shared_rollout_batch
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_loss import rlp_loss
+from rlp_jax.rollout.rlp_rollout import rollout_batch
 
 SPECIAL = SpecialTokens(think_start_id=3, think_end_id=4, pad_id=0)
 
@@ -80,22 +82,23 @@ def measure(rollouts: int, args: argparse.Namespace) -> dict[str, Any]:
   """Rollout and update timings of both paths at K·G = rollouts."""
   model_config = bench_model_config(family=args.family)
   graphdef, params = registry.init_params(model_config, seed=0)
-  rlp = base_config().rlp
-  rlp.update(dict(positions_per_document=args.positions, thoughts_per_position=rollouts //
-                  args.positions, max_thought_tokens=args.thought_tokens, min_context=8,
-                  sample_temperature=0.7))
+  rlp = {}
+  for name in ('naive', 'shared'):
+    rlp[name] = base_config().rlp
+    rlp[name].update(dict(positions_per_document=args.positions, thoughts_per_position=rollouts //
+                          args.positions, max_thought_tokens=args.thought_tokens, min_context=8,
+                          sample_temperature=0.7, prefix_mode=name))
   rng = np.random.default_rng(0)
   tokens = rng.integers(5, model_config.vocab_size, (args.docs, args.doc_len)).astype(np.int32)
   batch = {'tokens': jnp.asarray(tokens), 'mask': jnp.ones(tokens.shape, jnp.bool_)}
   key = jax.random.key(0)
   rollout, grad, data = {}, {}, {}
-  for name, rollout_fn, loss_fn in (('naive', rollout_batch, rlp_loss),
-                                    ('shared', shared_rollout_batch, shared_rlp_loss)):
-    rollout[name] = jax.jit(lambda p, k, fn=rollout_fn: fn(graphdef, p, p, k, batch, model_config,
-                                                           rlp, SPECIAL))
+  for name in ('naive', 'shared'):
+    rollout[name] = jax.jit(lambda p, k, r=rlp[name]: rollout_batch(graphdef, p, p, k, batch,
+                                                                    model_config, r, SPECIAL))
     data[name] = rollout[name](params, key)
     grad[name] = jax.jit(jax.value_and_grad(
-        lambda p, d, fn=loss_fn: fn(p, p, graphdef, batch, d, rlp), has_aux=True))
+        lambda p, d, r=rlp[name]: rlp_loss(p, p, graphdef, batch, d, r), has_aux=True))
   temp_mib = {name: (rollout[name].lower(params, key).compile().memory_analysis(),
                      grad[name].lower(params, data[name]).compile().memory_analysis())
               for name in rollout}

@@ -1,44 +1,9 @@
-"""NVIDIA Nemotron-Nano-12B-v2(-Base) architecture: 62 layers (Mamba2 + attention + MLP), 12.31B
-parameters, bf16 compute.
-
-Only the model is set here. Before a real run, set:
-  tokenizer.kind = 'hf_json' and tokenizer.path = '<model dir>/tokenizer.json'
-  (left at the sentencepiece default because the schema rejects hf_json with an empty path),
-  tokenizer.vocab_size to the tokenizer's size (<= 131072),
-  model.init_from = '<Hugging Face model dir>' (the published weights),
-  and the data / RLP / optimizer / mesh settings of the run.
-dt clamp: the published config has time_step_limit (0, inf), which mamba_ssm applies; transformers
-5.x instead clamps dt from below at time_step_min (0.001) in its prefill path only. We follow the
-published limit; set model.mamba_dt_limit_min = 0.001 to reproduce transformers' prefill.
-"""
-from rlp_jax.config_schema import base_config
-
-LAYER_PATTERN = 'M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M*-M-M-M-M-'
+"""NVIDIA Nemotron-Nano-12B-v2(-Base) architecture (hybrid, 12.31B parameters); only the model is
+set: see `presets.nemotron_h` for what to set before a real run."""
+from rlp_jax.config import base_config, presets
 
 
 def get_config():
   config = base_config()
-  config.model.update(dict(
-      family='hybrid',
-      layer_pattern=LAYER_PATTERN,
-      num_layers=len(LAYER_PATTERN),
-      vocab_size=131072,
-      hidden_size=5120,
-      intermediate_size=20480,
-      num_heads=40,
-      num_kv_heads=8,
-      head_dim=128,
-      norm_eps=1e-5,
-      tie_embeddings=False,
-      param_dtype='float32',
-      compute_dtype='bfloat16',
-      mamba_num_heads=128,
-      mamba_head_dim=80,
-      ssm_state_size=128,
-      mamba_n_groups=8,
-      mamba_conv_kernel=4,
-      mamba_chunk_size=128,
-      mamba_dt_limit_min=0.0,
-      mamba_dt_limit_max=float('inf'),
-  ))
+  config.model.update(presets.nemotron_h('12b'))
   return config

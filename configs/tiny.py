@@ -4,7 +4,7 @@ About 3 minutes on 2 CPU cores. It starts from random weights and learns fast (l
 EMA teacher uses τ = 0.9 to keep up with θ; with the paper's 0.999 the reward would mostly measure
 how far θ has moved past a lagging φ rather than what the thought buys.
 """
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 
 
 def get_config():

@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=wrong-import-position
-from rlp_jax.config_schema import base_config  # noqa: E402
+from rlp_jax.config import base_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BEGIN, END = '<!-- study:begin -->', '<!-- study:end -->'
@@ -338,8 +338,8 @@ def position_census(out: str, settings: dict[str, Any], tokenizer) -> dict[str, 
   from rlp_jax.interop.checkpoint_init import (  # pylint: disable=import-outside-toplevel
       load_init_params)
   from rlp_jax.models import registry  # pylint: disable=import-outside-toplevel
-  from rlp_jax.train.loop import marker_token_ids  # pylint: disable=import-outside-toplevel
-  from rlp_jax.train.rlp_step import (  # pylint: disable=import-outside-toplevel
+  from rlp_jax.data.special_tokens import marker_token_ids  # pylint: disable=import-outside-toplevel
+  from rlp_jax.rollout.baseline_evidence import (  # pylint: disable=import-outside-toplevel
       scored_positions_and_baseline)
   base_dir = os.path.join(out, 'base')
   config = _arm_config(settings, os.path.join(out, 'data'), base_dir, tokenizer.model_path,
@@ -351,7 +351,7 @@ def position_census(out: str, settings: dict[str, Any], tokenizer) -> dict[str, 
   rows = DocumentBatches(documents, tokenizer, 8, config.data.seq_len, seed=0)
   digits = np.array([tokenizer.decode([i]).strip().isdigit() for i in range(tokenizer.vocab_size)]
                     + [False] * (config.model.vocab_size - tokenizer.vocab_size))
-  marker = marker_token_ids(tokenizer, config.rlp)
+  marker = marker_token_ids(tokenizer, config.rlp.position_marker)
   census = {}
   for rule in ('uniform', 'teacher_loss', 'teacher_entropy', 'after_marker'):
     config.rlp.position_rule = rule

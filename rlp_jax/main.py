@@ -6,7 +6,7 @@ path and exit status 2, without a traceback.
 Several hosts run the same command; each joins the job before JAX starts (parallel/distributed.py:
 explicit --coordinator_address/--num_processes/--process_id, else SLURM, else Cloud TPU detection).
 `--dry_run [--dry_run_devices=N]` compiles the step for the configured mesh on N simulated CPU
-devices without allocating the model and prints per-device memory (parallel/memory_plan.py).
+devices without allocating the model and prints per-device memory (rlp_jax/dry_run.py).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def main(argv: list[str]) -> None:
     fail(f'--workdir {_WORKDIR.value!r}: URL workdirs (gs://, s3://) are not supported; mount the '
          'bucket or a shared filesystem on every host (gcsfuse, Filestore/NFS) and pass its local '
          'path (docs/launch.md)')
-  from rlp_jax.config_schema import validate_config  # pylint: disable=import-outside-toplevel
+  from rlp_jax.config import validate_config  # pylint: disable=import-outside-toplevel
   try:
     validate_config(config)
     if _DRY_RUN.value:
@@ -69,10 +69,10 @@ def main(argv: list[str]) -> None:
 
 def _dry_run(config) -> None:
   """Simulates the devices (before the JAX backend starts), then plans the memory."""
-  from rlp_jax.parallel import memory_plan  # pylint: disable=import-outside-toplevel
-  num_devices = memory_plan.simulated_device_count(config.mesh, _DRY_RUN_DEVICES.value)
-  memory_plan.simulate_cpu_devices(num_devices)
-  for line in memory_plan.format_report(memory_plan.plan_memory(config)):
+  from rlp_jax import dry_run  # pylint: disable=import-outside-toplevel
+  num_devices = dry_run.simulated_device_count(config.mesh, _DRY_RUN_DEVICES.value)
+  dry_run.simulate_cpu_devices(num_devices)
+  for line in dry_run.format_report(dry_run.plan_memory(config)):
     print(line)
 
 

@@ -1,7 +1,7 @@
 """Shared fixtures: a small config whose corpus and tokenizer are built once per test session."""
 import pytest
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 
 
 @pytest.fixture(scope='session')

@@ -5,8 +5,9 @@ import sys
 
 import pytest
 
-from rlp_jax.config_schema import base_config, validate_config
+from rlp_jax.config import base_config, validate_config
 from rlp_jax.errors import ConfigError
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -36,29 +37,34 @@ def assert_one_line_error(result, *needles):
     ('--config.data.corpus=wiki', ('data.corpus',)),
     ('--config.model.num_kv_heads=3', ('model.num_kv_heads',)),
 ])
+@pytest.mark.subprocess
 def test_bad_override_is_one_line_naming_the_key(override, needles, tmp_path):
   assert_one_line_error(run_cli(override, f'--workdir={tmp_path}'), *needles)
 
 
+@pytest.mark.subprocess
 def test_missing_config_file_names_the_path(tmp_path):
   missing = str(tmp_path / 'nope.py')
   assert_one_line_error(run_cli(f'--config={missing}', f'--workdir={tmp_path}'), missing)
 
 
+@pytest.mark.subprocess
 def test_missing_workdir_is_reported(tmp_path):
   assert_one_line_error(run_cli(), '--workdir')
 
 
+@pytest.mark.subprocess
 def test_url_workdir_is_refused_not_written_under_the_cwd(tmp_path):
   result = run_cli('--workdir=gs://bucket/run', cwd=str(tmp_path))
   assert_one_line_error(result, 'gs://bucket/run', 'gcsfuse')
   assert not os.listdir(tmp_path)  # nothing written to a local ./gs:/bucket/run
 
 
+@pytest.mark.subprocess
 def test_wrong_type_in_config_file_names_the_key(tmp_path):
   config_file = tmp_path / 'typo_config.py'
   config_file.write_text(
-      'from rlp_jax.config_schema import base_config\n'
+      'from rlp_jax.config import base_config\n'
       'def get_config():\n'
       '  c = base_config()\n'
       "  c.train.num_steps = '10'\n"
@@ -67,10 +73,11 @@ def test_wrong_type_in_config_file_names_the_key(tmp_path):
                         'train.num_steps', 'int')
 
 
+@pytest.mark.subprocess
 def test_unknown_key_in_config_file_names_the_key(tmp_path):
   config_file = tmp_path / 'extra_config.py'
   config_file.write_text(
-      'from rlp_jax.config_schema import base_config\n'
+      'from rlp_jax.config import base_config\n'
       'def get_config():\n'
       '  c = base_config()\n'
       '  c.train.num_epochs = 3\n'
@@ -79,6 +86,7 @@ def test_unknown_key_in_config_file_names_the_key(tmp_path):
                         'train.num_epochs')
 
 
+@pytest.mark.subprocess
 def test_missing_data_file_names_the_path(tmp_path):
   missing = str(tmp_path / 'corpus' / 'missing.jsonl')
   result = run_cli('--config.data.corpus=local_text', f'--config.data.files={missing}',
@@ -87,15 +95,10 @@ def test_missing_data_file_names_the_path(tmp_path):
 
 
 def test_validate_config_accepts_shipped_configs():
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  configs_dir = os.path.join(REPO, 'configs')
-  names = sorted(n for n in os.listdir(configs_dir) if n.endswith('.py'))
-  assert 'tiny.py' in names
+  names = helpers.shipped_config_names()
+  assert 'tiny' in names
   for name in names:
-    spec = importlib.util.spec_from_file_location(name[:-3], os.path.join(configs_dir, name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    validate_config(module.get_config())
+    validate_config(helpers.load_config(name))
 
 
 def test_validate_config_rejects_vocab_smaller_than_tokenizer():

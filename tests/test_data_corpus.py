@@ -11,6 +11,7 @@ import sys
 import ml_collections
 import pytest
 
+from rlp_jax.config import base_config
 from rlp_jax.data import corpora
 from rlp_jax.data.reasoning_corpus import (ANSWER_PREFIX, WORK_INTRO, WORK_OUTRO,
                                            generate_documents)
@@ -21,9 +22,9 @@ N = 300
 
 
 def data_config(data_dir, **overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      corpus='reasoning', data_dir=str(data_dir), num_documents=N, corpus_seed=0, files='',
-      text_field='text'))
+  config = base_config().data
+  config.update(dict(corpus='reasoning', data_dir=str(data_dir), num_documents=N, corpus_seed=0,
+                     files='', text_field='text'))
   config.update(overrides)
   return config
 
@@ -102,6 +103,7 @@ def test_documents_are_seeded_and_deterministic():
   assert len(set(first)) == 50
 
 
+@pytest.mark.subprocess
 def test_documents_in_a_fresh_process_are_identical():
   code = ('from rlp_jax.data.reasoning_corpus import generate_documents;'
           'import json; print(json.dumps(list(generate_documents(20, 7))))')
@@ -213,6 +215,7 @@ def test_local_text_jsonl_without_field_names_line_and_field(tmp_path):
     corpora.load_documents(local_config(tmp_path, str(tmp_path / 'bad.jsonl')))
 
 
+@pytest.mark.subprocess
 def test_package_imports_do_not_import_tfds():
   code = ('import sys, rlp_jax.data.corpora, rlp_jax.data.tokenizer, rlp_jax.data.batches;'
           'assert "tensorflow_datasets" not in sys.modules')

@@ -6,27 +6,16 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from rlp_jax.errors import ConfigError
-from rlp_jax.interop import hf_checkpoint
 from rlp_jax.models import registry
+from tests import helpers
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  values = dict(family='dense', vocab_size=97, hidden_size=64, intermediate_size=128,
-                num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000.0,
-                norm_eps=1e-6, tie_embeddings=False, param_dtype='float32',
-                compute_dtype='float32', init_std=0.1)
-  values.update(overrides)
-  return ml_collections.ConfigDict(values)
-
-
-def relative_error(actual, expected) -> float:
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+tiny_config = helpers.dense_model_config
+relative_error = helpers.relative_error
 
 
 def randomise_norm_scales(params, seed: int):
@@ -136,45 +125,25 @@ def test_left_padded_ragged_prompts_match_unpadded_rows():
 # 2. Parity with transformers' Qwen3ForCausalLM (torch CPU, fp32, random weights).
 
 
-def torch_qwen3_to_params(state_dict, config) -> dict:
-  """Maps a Qwen3ForCausalLM state dict onto our params pure dict (rlp_jax.interop's mapping)."""
-  tensors = {name: value.detach().cpu().numpy() for name, value in state_dict.items()}
-  return hf_checkpoint.params_from_tensors(tensors, config)
-
-
+@pytest.mark.parity
 @pytest.mark.parametrize('tie_embeddings', [True, False])
 def test_parity_with_transformers_qwen3(tie_embeddings):
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
   config = tiny_config(tie_embeddings=tie_embeddings)
-  hf_config = transformers.Qwen3Config(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-      head_dim=config.head_dim, rms_norm_eps=config.norm_eps,
-      rope_parameters={'rope_type': 'default', 'rope_theta': config.rope_theta},
-      tie_word_embeddings=tie_embeddings, attention_bias=False, use_sliding_window=False)
-  hf_config._attn_implementation = 'eager'
-  torch.manual_seed(0)
-  model = transformers.Qwen3ForCausalLM(hf_config).float().eval()
-  with torch.no_grad():
-    for name, weight in model.named_parameters():
-      if 'norm' in name:
-        weight.uniform_(0.5, 1.5)
-      else:
-        weight.normal_(0.0, 0.1)
-  state = model.state_dict()
+  # Seed 0, eager attention; norm weights U(0.5, 1.5), every other weight N(0, 0.1).
+  model = helpers.qwen3_model(config, seed=0, std=0.1, eager=True, attention_bias=False,
+                              use_sliding_window=False)
   if tie_embeddings:
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
   graphdef, reference_params = registry.init_params(config, seed=0)
-  params = torch_qwen3_to_params(state, config)
+  params = helpers.params_from_torch(model, config)
   assert (jax.tree.map(lambda x: (x.shape, x.dtype), params)
           == jax.tree.map(lambda x: (x.shape, x.dtype), reference_params))
 
   tokens = np.random.default_rng(6).integers(0, config.vocab_size, (2, 11), np.int64)
-  with torch.no_grad():
-    expected = model(input_ids=torch.from_numpy(tokens)).logits.numpy()
+  expected = helpers.torch_logits(model, tokens)
   positions = np.broadcast_to(np.arange(tokens.shape[1], dtype=np.int32), tokens.shape)
   ours = full_forward(graphdef, params, tokens.astype(np.int32), positions)
   error = relative_error(ours, expected)
@@ -220,7 +189,8 @@ def test_abstract_params_match_init_params():
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize('param_dtype', ['float32', 'bfloat16'])
+@pytest.mark.parametrize('param_dtype', [pytest.param('float32', marks=pytest.mark.slow),
+                                         'bfloat16'])
 def test_bf16_compute_close_to_fp32(param_dtype):
   fp32_config = tiny_config(param_dtype=param_dtype)
   bf16_config = tiny_config(param_dtype=param_dtype, compute_dtype='bfloat16')
@@ -269,7 +239,7 @@ def test_unknown_family_is_a_config_error():
 # 4. Gradients.
 
 
-@pytest.mark.parametrize('tie_embeddings', [True, False])
+@pytest.mark.parametrize('tie_embeddings', [True, pytest.param(False, marks=pytest.mark.slow)])
 def test_gradients_are_finite_for_every_param(tie_embeddings):
   config = tiny_config(tie_embeddings=tie_embeddings)
   graphdef, params = registry.init_params(config, seed=0)

@@ -109,6 +109,7 @@ def test_cloud_tpu_probe(tmp_path):
   assert not running_on_cloud_tpu({}, str(tmp_path), libtpu_installed=False)
 
 
+@pytest.mark.subprocess
 def test_cli_reports_incomplete_flags_on_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'rlp_jax.main', f'--workdir={tmp_path}',

@@ -10,10 +10,10 @@ import sys
 import jax
 import pytest
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
-from rlp_jax.parallel.memory_plan import simulated_device_count
+from rlp_jax.dry_run import simulated_device_count
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -31,6 +31,8 @@ def dry_run(*overrides):
   return json.loads(line.split(': ', 1)[1]), result.stdout, rss
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_dry_run_reports_exact_state_bytes_and_compiled_memory():
   plan, text, _ = dry_run('--dry_run_devices=8', '--config.mesh.data=1', '--config.mesh.fsdp=8',
                           '--config.mesh.tensor=1')
@@ -52,6 +54,8 @@ def test_dry_run_reports_exact_state_bytes_and_compiled_memory():
   assert 'θ (params)' in text and 'peak per device' in text
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_dry_run_never_allocates_the_model():
   # 4.3 billion parameters: θ + φ + Adam would be 69 GB, more than this machine has.
   plan, _, rss = dry_run('--dry_run_devices=8', '--config.mesh.data=1', '--config.mesh.fsdp=8',

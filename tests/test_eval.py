@@ -17,7 +17,7 @@ from rlp_jax.eval.heldout import HeldOut, answer_positions
 from rlp_jax.models import registry
 from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import read_metrics
-from rlp_jax.train.rollout_outcome import SpecialTokens
+from rlp_jax.data.special_tokens import SpecialTokens
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,6 +67,7 @@ def test_pack_prompts_left_pads_and_numbers_positions_from_each_prompt():
   np.testing.assert_array_equal(packed.last, [2, 0, 3])
 
 
+@pytest.mark.slow
 def test_greedy_answers_and_thoughts_match_a_full_forward_loop(model):
   config, tokenizer, graphdef, params = model
   generator = Generator(graphdef, config.model, tokenizer, rows_per_call=4, prompt_width=24,
@@ -101,6 +102,7 @@ def test_greedy_answers_and_thoughts_match_a_full_forward_loop(model):
     assert answer == tokenizer.decode(reference(closed, 5, stops, {tokenizer.think_start_id}))
 
 
+@pytest.mark.slow
 def test_information_gain_under_theta_matches_plain_forwards(model):
   config, tokenizer, graphdef, params = model
   config.rlp.max_thought_tokens = 5
@@ -181,6 +183,8 @@ def _overrides(config):
   return out
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path):
   small_config.train.num_steps = 4
   small_config.train.eval_every = 2
@@ -247,6 +251,8 @@ def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path)
   assert message.count('\n') == 0 and 'gsm8k.jsonl line 2' in message, message
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_study_smoke_runs_every_stage(tmp_path):
   out = tmp_path / 'study'
   done = subprocess.run([sys.executable, os.path.join(REPO, 'experiments', 'rlp_vs_ntp.py'),
@@ -271,11 +277,11 @@ def test_study_smoke_runs_every_stage(tmp_path):
 def test_after_marker_positions_are_the_evaluators_answer_positions(small_config):
   """The training rule 'after_marker' with marker 'Answer: ' (token matching) and the evaluator's
   answer positions (character offsets) find the same tokens in answer-only documents."""
-  from rlp_jax.train.loop import marker_token_ids  # pylint: disable=import-outside-toplevel
-  from rlp_jax.train.rlp_step import after_marker  # pylint: disable=import-outside-toplevel
+  from rlp_jax.data.special_tokens import marker_token_ids  # pylint: disable=import-outside-toplevel
+  from rlp_jax.rollout.positions import after_marker  # pylint: disable=import-outside-toplevel
   tokenizer = build_tokenizer(small_config.tokenizer, small_config.data)
   small_config.rlp.position_marker = 'Answer: '
-  marker = marker_token_ids(tokenizer, small_config.rlp)
+  marker = marker_token_ids(tokenizer, small_config.rlp.position_marker)
   assert tokenizer.decode(list(marker)) == 'Answer: '
   text = ('Question: What is 12 + 7?\nAnswer: 19.\n\nQuestion: Mia has 3 plums. How many?\n'
           'Answer: 3 plums.\n\nQuestion: Compute 9 * 2.\nAnswer: 18.')

@@ -10,28 +10,17 @@ import json
 import ml_collections
 import pytest
 
-from rlp_jax.data.reasoning_corpus import generate_documents
 from rlp_jax.data.tokenizer import Tokenizer, build_tokenizer
 from rlp_jax.errors import DataError
+from tests import helpers
 
 tokenizers = pytest.importorskip('tokenizers')
 from rlp_jax.data.hf_tokenizer import HFJsonTokenizer  # pylint: disable=wrong-import-position
 
-DOCS = list(generate_documents(200, seed=0))
-SPECIALS = ['<pad>', '<s>', '</s>', '<think>', '</think>']
-
-
-def train_byte_level_bpe(path, specials=SPECIALS, vocab_size=400) -> str:
-  """A byte-level BPE tokenizer.json (exact round trips) with `specials` as added tokens."""
-  tok = tokenizers.Tokenizer(tokenizers.models.BPE())
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = tokenizers.decoders.ByteLevel()
-  trainer = tokenizers.trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=list(specials),
-      initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-  tok.train_from_iterator(DOCS, trainer=trainer)
-  tok.save(str(path))
-  return str(path)
+DOCS = helpers.bpe_documents()  # the 200 corpus documents the tokenizers are trained on
+SPECIALS = list(helpers.BPE_SPECIALS)
+# A byte-level BPE tokenizer.json (exact round trips) trained on DOCS, `specials` added tokens.
+train_byte_level_bpe = helpers.train_byte_level_bpe
 
 
 @pytest.fixture(scope='module')

@@ -2,45 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from rlp_jax.config_schema import validate_config
+from rlp_jax.config import validate_config
 from rlp_jax.models import registry
 from rlp_jax.models.ssd import ssd_chunked_scan, ssd_step
+from tests import helpers
 
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
-
-
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  values = dict(family='hybrid', layer_pattern='M*-M-', num_layers=5, vocab_size=97,
-                hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2, head_dim=16,
-                norm_eps=1e-5, tie_embeddings=False, param_dtype='float32',
-                compute_dtype='float32', init_std=0.1, mamba_num_heads=8, mamba_head_dim=8,
-                ssm_state_size=16, mamba_n_groups=2, mamba_conv_kernel=4, mamba_chunk_size=8,
-                mamba_dt_limit_min=0.0, mamba_dt_limit_max=float('inf'))
-  values.update(overrides)
-  values['num_layers'] = len(values['layer_pattern'])
-  return ml_collections.ConfigDict(values)
-
-
-def load_config(name: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS_DIR, f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def relative_error(actual, expected) -> float:
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+tiny_config = helpers.hybrid_model_config  # layers 'M*-M-' unless layer_pattern= says otherwise
+load_config = helpers.load_config
+relative_error = helpers.relative_error
 
 
 def randomise(params, seed: int):
@@ -131,47 +107,28 @@ def torch_nemotron_h_to_params(state_dict, config) -> dict:
 
 
 def transformers_model(config, dt_min: float, seed: int):
-  torch = pytest.importorskip('torch')
-  transformers = pytest.importorskip('transformers')
-  kinds = {'M': 'linear_attention', '*': 'full_attention', '-': 'mlp'}
-  hf_config = transformers.NemotronHConfig(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      layers_block_type=[kinds[c] for c in config.layer_pattern],
-      intermediate_size=config.intermediate_size, mlp_hidden_act='relu2',
-      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-      head_dim=config.head_dim, mamba_num_heads=config.mamba_num_heads,
-      mamba_head_dim=config.mamba_head_dim, ssm_state_size=config.ssm_state_size,
-      n_groups=config.mamba_n_groups, conv_kernel=config.mamba_conv_kernel,
-      chunk_size=config.mamba_chunk_size, layer_norm_epsilon=config.norm_eps,
-      tie_word_embeddings=False, use_conv_bias=True,
-      use_bias=False, mlp_bias=False, attention_bias=False)
-  hf_config._attn_implementation = 'eager'
-  torch.manual_seed(seed)
-  model = transformers.NemotronHForCausalLM(hf_config).float().eval()
+  """Seeded, eager attention, every weight random (helpers.randomise_torch, std 0.2), and the
+  mixers' dt clamp at (dt_min, inf)."""
+  pytest.importorskip('torch')
+  pytest.importorskip('transformers')
+  model = helpers.nemotron_h_model(config, seed=seed, std=0.2, eager=True,
+                                   mlp_hidden_act='relu2', use_conv_bias=True, use_bias=False,
+                                   mlp_bias=False, attention_bias=False)
   # transformers 5.24 clamps the prefill dt to (config.time_step_min, inf), read once into each
   # mixer's time_step_limit (config.time_step_limit is unused); time_step_min also seeds the dt_bias
   # init through log(), so 0 cannot go through the config: set the limit on the mixers.
   mixers = [layer.mixer for layer in model.model.layers if layer.block_type == 'linear_attention']
-  assert mixers and all(m.time_step_limit == (hf_config.time_step_min, math.inf) for m in mixers)
+  assert mixers and all(m.time_step_limit == (model.config.time_step_min, math.inf)
+                        for m in mixers)
   for mixer in mixers:
     mixer.time_step_limit = (dt_min, math.inf)
-  with torch.no_grad():
-    for name, weight in model.named_parameters():
-      if name.endswith('norm.weight') or name.endswith('norm_f.weight'):
-        weight.uniform_(0.5, 1.5)
-      elif name.split('.')[-1] in ('A_log', 'dt_bias', 'D'):
-        weight.uniform_(-1.0, 1.0)
-      else:
-        weight.normal_(0.0, 0.2)
   return model
 
 
-def transformers_logits(model, tokens) -> np.ndarray:
-  import torch  # pylint: disable=import-outside-toplevel
-  with torch.no_grad():
-    return model(input_ids=torch.from_numpy(tokens.astype(np.int64))).logits.numpy()
+transformers_logits = helpers.torch_logits
 
 
+@pytest.mark.parity
 def test_parity_with_transformers_nemotron_h():
   # Untied only: transformers' NemotronHForCausalLM never ties lm_head to the embedding. The
   # clamp test below covers a second pattern ('M*-M-').
@@ -191,6 +148,8 @@ def test_parity_with_transformers_nemotron_h():
     assert error <= 1e-4
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_parity_with_transformers_when_the_dt_clamp_binds():
   dt_min = 0.5
   config = tiny_config(mamba_dt_limit_min=dt_min)
@@ -276,6 +235,7 @@ def test_cached_decode_matches_full_forward():
   assert relative_error(one_logits, expected) <= 1e-5
 
 
+@pytest.mark.slow
 def test_left_padded_ragged_rows_match_unpadded_rows():
   config = decode_config()
   graphdef, params = registry.abstract_params(config)
@@ -378,6 +338,7 @@ def test_logical_axes_cover_every_param():
     assert registry.count_params(config) == expected_param_count(config)
 
 
+@pytest.mark.slow
 def test_bf16_compute_close_to_fp32():
   graphdef32, params = registry.abstract_params(tiny_config())
   graphdef16, _ = registry.abstract_params(tiny_config(compute_dtype='bfloat16'))
@@ -390,6 +351,7 @@ def test_bf16_compute_close_to_fp32():
   assert np.all(np.isfinite(logits)) and error <= 5e-2
 
 
+@pytest.mark.slow
 def test_gradients_are_finite_for_every_param():
   config = tiny_config()
   graphdef, params = registry.init_params(config, seed=0)
@@ -418,6 +380,7 @@ def test_gradients_are_finite_for_every_param():
 # 4. RLP end to end on configs/tiny_hybrid.py.
 
 
+@pytest.mark.slow
 def test_rlp_runs_end_to_end_on_tiny_hybrid(shared_data_dir, tmp_path):
   from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
   from rlp_jax.train.metrics_writer import read_metrics  # pylint: disable=import-outside-toplevel

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,12 +10,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
-from rlp_jax.config_schema import base_config, validate_config
+from rlp_jax.config import base_config, validate_config
 from rlp_jax.data.hf_tokenizer import HFJsonTokenizer
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.corpora import load_documents
@@ -31,50 +29,17 @@ from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.loop import train
 from rlp_jax.train.state import create_train_state
+from tests import helpers
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 safetensors_torch = pytest.importorskip('safetensors.torch')
-from test_hf_tokenizer import train_byte_level_bpe  # pylint: disable=wrong-import-position
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def dense_config(**overrides) -> ml_collections.ConfigDict:
-  model = base_config().model
-  model.update(dict(vocab_size=97, hidden_size=64, intermediate_size=128, num_layers=2,
-                    num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000.0, norm_eps=1e-6,
-                    tie_embeddings=False, init_std=0.1))
-  model.update(overrides)
-  return model
-
-
-def hybrid_config(**overrides) -> ml_collections.ConfigDict:
-  model = base_config().model
-  model.update(dict(family='hybrid', layer_pattern='M*-M-', num_layers=5, vocab_size=97,
-                    hidden_size=64, intermediate_size=96, num_heads=4, num_kv_heads=2,
-                    head_dim=16, norm_eps=1e-5, tie_embeddings=False, init_std=0.1,
-                    mamba_num_heads=8, mamba_head_dim=8, ssm_state_size=16, mamba_n_groups=2,
-                    mamba_conv_kernel=4, mamba_chunk_size=8))
-  model.update(overrides)
-  return model
-
-
-def relative_error(actual, expected) -> float:
-  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-  return float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
-
-
-def randomise_torch(model) -> None:
-  """Every parameter random, norm weights included (around 1), Mamba vectors in [-1, 1]."""
-  with torch.no_grad():
-    for name, weight in model.named_parameters():
-      if name.endswith('norm.weight') or name.endswith('norm_f.weight'):
-        weight.uniform_(0.5, 1.5)
-      elif name.split('.')[-1] in ('A_log', 'dt_bias', 'D'):
-        weight.uniform_(-1.0, 1.0)
-      else:
-        weight.normal_(0.0, 0.2)
+REPO = helpers.REPO
+train_byte_level_bpe = helpers.train_byte_level_bpe
+dense_config = helpers.dense_model_config
+hybrid_config = helpers.hybrid_model_config
+relative_error = helpers.relative_error
 
 
 def randomise_params(params, seed: int):
@@ -93,40 +58,10 @@ def randomise_params(params, seed: int):
   return jax.tree_util.tree_map_with_path(perturb, params)
 
 
-def qwen3_model(config, seed: int = 0):
-  hf_config = transformers.Qwen3Config(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      intermediate_size=config.intermediate_size, num_hidden_layers=config.num_layers,
-      num_attention_heads=config.num_heads, num_key_value_heads=config.num_kv_heads,
-      head_dim=config.head_dim, rms_norm_eps=config.norm_eps,
-      rope_parameters={'rope_type': 'default', 'rope_theta': config.rope_theta},
-      tie_word_embeddings=config.tie_embeddings)
-  torch.manual_seed(seed)
-  model = transformers.Qwen3ForCausalLM(hf_config).float().eval()
-  randomise_torch(model)
-  return model
-
-
-def nemotron_h_model(config, seed: int = 0):
-  kinds = {'M': 'linear_attention', '*': 'full_attention', '-': 'mlp'}
-  hf_config = transformers.NemotronHConfig(
-      vocab_size=config.vocab_size, hidden_size=config.hidden_size,
-      layers_block_type=[kinds[c] for c in config.layer_pattern],
-      intermediate_size=config.intermediate_size, num_attention_heads=config.num_heads,
-      num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim,
-      mamba_num_heads=config.mamba_num_heads, mamba_head_dim=config.mamba_head_dim,
-      ssm_state_size=config.ssm_state_size, n_groups=config.mamba_n_groups,
-      conv_kernel=config.mamba_conv_kernel, chunk_size=config.mamba_chunk_size,
-      layer_norm_epsilon=config.norm_eps, tie_word_embeddings=False)
-  torch.manual_seed(seed)
-  model = transformers.NemotronHForCausalLM(hf_config).float().eval()
-  randomise_torch(model)
-  return model
-
-
-def torch_logits(model, tokens) -> np.ndarray:
-  with torch.no_grad():
-    return model(input_ids=torch.from_numpy(np.asarray(tokens, np.int64))).logits.numpy()
+# Seeded transformers models with every weight random (helpers.randomise_torch, std 0.2).
+qwen3_model = helpers.qwen3_model
+nemotron_h_model = helpers.nemotron_h_model
+torch_logits = helpers.torch_logits
 
 
 _jitted_forward = jax.jit(registry.forward, static_argnums=0)
@@ -154,6 +89,7 @@ def state_dicts_equal(model_a, model_b) -> None:
 
 
 @pytest.mark.parametrize('tie_embeddings,sharded', [(True, False), (False, True), (True, True)])
+@pytest.mark.parity
 def test_qwen3_checkpoint_loads_with_transformers_logits(tmp_path, tie_embeddings, sharded):
   config = dense_config(tie_embeddings=tie_embeddings)
   model = qwen3_model(config)
@@ -190,6 +126,7 @@ def test_loading_casts_to_the_configured_param_dtype(tmp_path):
     np.testing.assert_array_equal(np.asarray(a.astype(jnp.bfloat16)), np.asarray(b))
 
 
+@pytest.mark.parity
 def test_nemotron_h_checkpoint_loads_with_transformers_logits(tmp_path):
   config = hybrid_config()
   model = nemotron_h_model(config)
@@ -244,8 +181,10 @@ def transformers_greedy(model, documents, positions, think_start_id, steps):
   return np.stack(rows)
 
 
-@pytest.mark.parametrize('family,tie_embeddings', [('dense', True), ('dense', False),
-                                                   ('hybrid', False)])
+@pytest.mark.parametrize('family,tie_embeddings', [
+    pytest.param('dense', True, marks=pytest.mark.slow), ('dense', False),
+    pytest.param('hybrid', False, marks=pytest.mark.slow)])
+@pytest.mark.parity
 def test_export_then_transformers_generates_like_our_sampler(tmp_path, family, tie_embeddings):
   config = (dense_config if family == 'dense' else hybrid_config)(tie_embeddings=tie_embeddings)
   graphdef, params = registry.init_params(config, seed=0)
@@ -418,6 +357,9 @@ def test_init_from_an_rlp_jax_checkpoint_restores_theta_of_the_latest_step(tmp_p
   assert source.startswith('random weights')
 
 
+@pytest.mark.parity
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_export_command_writes_what_transformers_loads(tmp_path):
   config = dense_config(tie_embeddings=True, vocab_size=300)
   _, params = registry.init_params(config, seed=3)
@@ -460,6 +402,8 @@ def test_export_command_writes_what_transformers_loads(tmp_path):
   assert bad.returncode == 2 and f'no config.json in {tmp_path}' in bad.stderr
 
 
+@pytest.mark.parity
+@pytest.mark.slow
 def test_train_starts_from_a_hugging_face_checkpoint(small_config, tmp_path, capsys):
   config = small_config
   model = qwen3_model(config.model, seed=6)
@@ -489,11 +433,7 @@ def test_train_starts_from_a_hugging_face_checkpoint(small_config, tmp_path, cap
 # 5. The Qwen3 configs.
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, 'configs', f'{name}.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+load_config = helpers.load_config
 
 
 # The published config.json files (Qwen/Qwen3-0.6B-Base, Qwen/Qwen3-1.7B-Base), model keys only.

@@ -11,15 +11,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlp_jax.config_schema import base_config, validate_config
+from rlp_jax.config import base_config, validate_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.objective import next_token_loss
 from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.parallel.activation_sharding import activation_layout, constrain
 from rlp_jax.rollout.reasoned_evidence import ScoredSequences, score_thoughts
-from rlp_jax.train.rlp_step import baseline_evidence
-from rlp_jax.train.step import document_positions
+from rlp_jax.rollout.baseline_evidence import baseline_evidence
+from rlp_jax.models.registry import document_positions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,6 +54,7 @@ def ntp_loss_and_grads(graphdef, params, tokens, mask):
 
 
 @pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients(family):
   graphdef_plain, params = registry.init_params(model_config(family, 'none'), seed=3)
   graphdef_remat, _ = registry.abstract_params(model_config(family, 'block'))
@@ -88,7 +89,7 @@ def test_remat_is_validated_with_the_key_name():
     registry.init_params(model, seed=0)
 
 
-@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.parametrize('family', ['dense', pytest.param('hybrid', marks=pytest.mark.slow)])
 def test_logits_from_hidden_equal_forward_logits(family):
   config = model_config(family)
   graphdef, params = registry.init_params(config, seed=1)
@@ -127,7 +128,7 @@ def scored_sequences(rows: int, prompt_length: int, limit: int, seed: int = 0):
                          prompt_length=prompt_length)
 
 
-@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.parametrize('family', ['dense', pytest.param('hybrid', marks=pytest.mark.slow)])
 def test_score_thoughts_equals_scoring_from_full_logits(family):
   """The scorer takes logits of the thought region only; a reference slicing the full-sequence
   logits (the scorer as it was) gives the same log-probs and S_pred."""
@@ -177,6 +178,8 @@ def levers_report():
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_activations_follow_the_rules_on_an_fsdp_mesh(levers_report):
   """Mesh fsdp=8: with the layout the residual stream's batch is split over fsdp; without it
   GSPMD splits the embed dimension like the parameters instead and keeps the whole batch on
@@ -188,6 +191,8 @@ def test_activations_follow_the_rules_on_an_fsdp_mesh(levers_report):
   assert rollout['with'] < 0.5 * rollout['without'], rollout
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_remat_keeps_less_for_the_backward_pass(levers_report):
   """Compiled temporaries of the NTP gradient of an 8-layer model, block remat vs none: without
   remat every layer keeps its [8, 4, 256, 256] fp32 attention scores and probabilities (8 MiB

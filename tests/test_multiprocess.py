@@ -12,6 +12,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # three CLI runs, two of them 2 processes
 
 # A constant learning rate keeps the schedule independent of train.num_steps, so a run of 2 steps
 # resumed to 3 follows the same schedule as a run of 3.

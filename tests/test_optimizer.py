@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.train.optimizer import learning_rate_schedule
 
 

@@ -14,38 +14,41 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlp_jax.config_schema import base_config, validate_config
+from rlp_jax.config import base_config, validate_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.objective.advantage import (ADVANTAGE_ESTIMATORS, batch_std_advantage,
                                          get_advantage_estimator, group_std_advantage)
 from rlp_jax.rollout.positions import MIN_POSITION_WEIGHT, choose_positions
-from rlp_jax.train.rlp_step import (POSITION_WEIGHTS, SpecialTokens, baseline_evidence,
-                                    rollout_batch, scored_positions_and_baseline,
-                                    teacher_next_token_stats)
-from rlp_jax.train.shared_prefix_step import shared_rollout_batch
-from rlp_jax.train.step import document_positions
-from test_rollout import VOCAB, model_config  # the tiny dense model of the rollout tests
+from rlp_jax.rollout.positions import POSITION_WEIGHTS
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.rollout.baseline_evidence import (baseline_evidence, scored_positions_and_baseline,
+                                               teacher_next_token_stats)
+from rlp_jax.rollout.rlp_rollout import rollout_batch
+from rlp_jax.models.registry import document_positions
+from tests import helpers
 
-THINK_START, THINK_END, PAD = 3, 4, 0
+model_config = helpers.rollout_model_config  # the tiny dense model of the rollout tests
+THINK_START, THINK_END, PAD = helpers.THINK_START, helpers.THINK_END, helpers.PAD
 SPECIAL = SpecialTokens(think_start_id=THINK_START, think_end_id=THINK_END, pad_id=PAD)
 SIGMAS = 5.0  # frequency tolerance in binomial standard deviations (fixed keys: deterministic)
 
 
 def rlp_config(**overrides) -> ml_collections.ConfigDict:
-  config = base_config().rlp
-  config.update(dict(positions_per_document=3, thoughts_per_position=2, max_thought_tokens=4,
-                     min_context=2, sample_temperature=0.9, position_rule='teacher_loss'))
-  config.update(overrides)
+  """The rollout tests' rlp config with T 4 and the 'teacher_loss' rule, then `overrides`."""
+  return helpers.rollout_rlp_config(
+      **{'max_thought_tokens': 4, 'position_rule': 'teacher_loss', **overrides})
+
+
+def with_prefix_mode(rlp: ml_collections.ConfigDict, mode: str) -> ml_collections.ConfigDict:
+  config = rlp.copy_and_resolve_references()
+  config.prefix_mode = mode
   return config
 
 
 def documents() -> dict[str, jax.Array]:
   """Lengths 12, 5, 4 with min_context 2: 10, 3 and 2 allowed positions (the last skips one)."""
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(5, VOCAB, size=(3, 12)).astype(np.int32)
-  mask = np.arange(12)[None, :] < np.array([12, 5, 4])[:, None]
-  return {'tokens': jnp.asarray(np.where(mask, tokens, PAD)), 'mask': jnp.asarray(mask)}
+  return helpers.rollout_documents([12, 5, 4])
 
 
 def lengths_mask(lengths, width: int) -> jax.Array:
@@ -254,6 +257,7 @@ def scored_position_of_rows(rollout) -> np.ndarray:
   return np.asarray(sequences.positions[:, sequences.prompt_length - 1])
 
 
+@pytest.mark.slow
 def test_naive_and_shared_rollouts_choose_the_same_weighted_positions(teacher):
   graphdef, params = registry.init_params(model_config(), seed=0)
   _, teacher_params = teacher
@@ -261,8 +265,9 @@ def test_naive_and_shared_rollouts_choose_the_same_weighted_positions(teacher):
 
   @jax.jit
   def both(params, teacher_params):
-    args = (graphdef, params, teacher_params, key, batch, model_config(), rlp, SPECIAL)
-    return rollout_batch(*args), shared_rollout_batch(*args)
+    return tuple(rollout_batch(graphdef, params, teacher_params, key, batch, model_config(),
+                               with_prefix_mode(rlp, mode), SPECIAL)
+                 for mode in ('naive', 'shared'))
 
   naive, shared = both(params, teacher_params)
   positions, valid, s_ema = scored_positions_and_baseline(
@@ -284,6 +289,7 @@ def test_naive_and_shared_rollouts_choose_the_same_weighted_positions(teacher):
                              rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_after_marker_rule_scores_only_the_tokens_after_the_marker(teacher):
   graphdef, params = registry.init_params(model_config(), seed=0)
   _, teacher_params = teacher
@@ -309,10 +315,9 @@ def test_after_marker_rule_scores_only_the_tokens_after_the_marker(teacher):
         np.asarray(s_ema), np.asarray(baseline_evidence(graphdef, teacher_params,
                                                         batch['tokens'], batch['mask'],
                                                         positions)))
-  naive = rollout_batch(graphdef, params, teacher_params, jax.random.key(1), batch,
-                        model_config(), rlp, special)
-  shared = shared_rollout_batch(graphdef, params, teacher_params, jax.random.key(1), batch,
-                                model_config(), rlp, special)
+  naive, shared = (rollout_batch(graphdef, params, teacher_params, jax.random.key(1), batch,
+                                 model_config(), with_prefix_mode(rlp, mode), special)
+                   for mode in ('naive', 'shared'))
   np.testing.assert_array_equal(scored_position_of_rows(naive), scored_position_of_rows(shared))
   assert float(naive.metrics['skipped_positions']) == 3.0
   with pytest.raises(ConfigError, match='rlp.position_marker'):
@@ -418,6 +423,7 @@ def test_normalised_advantages_are_registered_stop_gradient_and_need_two(name):
   validate_config(config)
 
 
+@pytest.mark.slow
 def test_truncated_thoughts_no_gradient_zeroes_exactly_the_cut_thoughts(teacher):
   """'no_gradient': thoughts that hit T (no sampled `</think>`) get advantage 0, the others keep
   the advantage 'keep' gives them; with the same key both settings sample the same thoughts."""
@@ -427,8 +433,8 @@ def test_truncated_thoughts_no_gradient_zeroes_exactly_the_cut_thoughts(teacher)
   rollouts = {}
   for mode in ('keep', 'no_gradient'):
     rlp = rlp_config(position_rule='uniform', max_thought_tokens=2, thoughts_per_position=4,
-                     truncated_thoughts=mode)
-    rollouts[mode] = shared_rollout_batch(graphdef, params, teacher_params, key, batch,
+                     truncated_thoughts=mode, prefix_mode='shared')
+    rollouts[mode] = rollout_batch(graphdef, params, teacher_params, key, batch,
                                           model_config(), rlp, SPECIAL)
   keep, cut = rollouts['keep'], rollouts['no_gradient']
   np.testing.assert_array_equal(np.asarray(keep.thought_mask), np.asarray(cut.thought_mask))

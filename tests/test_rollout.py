@@ -10,40 +10,31 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlp_jax.config_schema import base_config
 from rlp_jax.models import registry
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
 from rlp_jax.rollout.thought_sampler import build_prompts, pick_tokens, sample_thoughts
 from rlp_jax.train.ema import ema_update
-from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_loss import rlp_loss
+from rlp_jax.rollout.rlp_rollout import rollout_batch
+from tests import helpers
 
-VOCAB = 24
-THINK_START, THINK_END, PAD = 3, 4, 0  # THINK_END is a common token: thoughts end early too
+VOCAB = helpers.ROLLOUT_VOCAB
+# THINK_END is a common token: thoughts end early too.
+THINK_START, THINK_END, PAD = helpers.THINK_START, helpers.THINK_END, helpers.PAD
 
 
 def model_config() -> ml_collections.ConfigDict:
-  config = base_config().model
-  config.update(dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=8, init_std=0.3))
-  return config
+  return helpers.rollout_model_config('dense')
 
 
 def rlp_config(**overrides) -> ml_collections.ConfigDict:
-  config = base_config().rlp
-  config.update(dict(positions_per_document=3, thoughts_per_position=2, max_thought_tokens=6,
-                     min_context=2, sample_temperature=0.9))
-  config.update(overrides)
-  return config
+  return helpers.rollout_rlp_config(**{'prefix_mode': 'naive', **overrides})
 
 
-def documents(batch=3, length=12, seed=0):
-  rng = np.random.default_rng(seed)
-  tokens = rng.integers(5, VOCAB, size=(batch, length)).astype(np.int32)
-  lengths = np.array([length, length - 3, 4])[:batch]  # the last document is short
-  mask = np.arange(length)[None, :] < lengths[:, None]
-  tokens = np.where(mask, tokens, PAD).astype(np.int32)
-  return {'tokens': jnp.asarray(tokens), 'mask': jnp.asarray(mask)}
+def documents():
+  return helpers.rollout_documents([12, 9, 4])  # the last document is short
 
 
 SPECIAL = SpecialTokens(think_start_id=THINK_START, think_end_id=THINK_END, pad_id=PAD)
@@ -118,6 +109,7 @@ def test_sampled_log_probs_equal_teacher_forced_recompute():
   assert np.all(np.asarray(thoughts.tokens)[~mask] == PAD)
 
 
+@pytest.mark.slow
 def test_s_pred_equals_unpadded_forward_of_the_closed_thought():
   graphdef, params = registry.init_params(model_config(), seed=0)
   batch = documents()
@@ -152,6 +144,7 @@ def _rollout(params, teacher, rlp, key=0):
                        model_config(), rlp, SPECIAL)
 
 
+@pytest.mark.slow
 def test_first_update_has_ratio_one_and_no_clipping():
   graphdef, params = registry.init_params(model_config(), seed=0)
   rlp = rlp_config()
@@ -165,6 +158,7 @@ def test_first_update_has_ratio_one_and_no_clipping():
 
 
 @pytest.mark.parametrize('kl_weight', [0.0, 0.5])
+@pytest.mark.slow
 def test_no_gradient_reaches_the_reward_or_the_teacher(kl_weight):
   graphdef, params = registry.init_params(model_config(), seed=0)
   _, teacher = registry.init_params(model_config(), seed=1)
@@ -201,6 +195,7 @@ def test_ema_update_matches_numpy():
   np.testing.assert_array_equal(np.asarray(same['a']), teacher['a'])
 
 
+@pytest.mark.slow
 def test_reward_is_s_pred_minus_s_ema_with_teacher_forward():
   graphdef, params = registry.init_params(model_config(), seed=0)
   _, teacher = registry.init_params(model_config(), seed=1)

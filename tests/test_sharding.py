@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.parallel.mesh import mesh_shape
 
@@ -39,6 +39,8 @@ DENSE_SHARDS = {
 }
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_dense_sharded_steps_equal_one_device():
   rows = run_meshes('dense')
   for mesh, expected in DENSE_SHARDS.items():
@@ -63,6 +65,8 @@ HYBRID_SHARDS = {
 }
 
 
+@pytest.mark.subprocess
+@pytest.mark.slow
 def test_hybrid_sharded_steps_equal_one_device():
   rows = run_meshes('hybrid')
   for mesh, expected in HYBRID_SHARDS.items():

@@ -1,4 +1,5 @@
-"""Shared-prefix path (DESIGN §2) against the naive re-encode path, for the dense (Qwen3) and the
+"""Shared-prefix path (`rlp.prefix_mode='shared'`, docs/architecture.md) against the naive
+re-encode path, for the dense (Qwen3) and the
 hybrid (Nemotron-H: Mamba2 + attention + MLP) families: same samples for the same key, same
 thought log-probs, S_pred, rewards, advantages, losses and parameter gradients (fp32), with scored
 positions at the first allowed position, inside the document, at its last token and (hybrid,
@@ -12,20 +13,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlp_jax.config_schema import base_config
 from rlp_jax.models import registry
 from rlp_jax.models.attention import grouped_query_attention
 from rlp_jax.models.shared_prefix import document_kv, shared_prefix_attention, thought_forward
 from rlp_jax.models.ssd import ssd_chunked_scan
 from rlp_jax.rollout.reasoned_evidence import build_scored_sequences, score_thoughts
-from rlp_jax.rollout.shared_prefix_sampler import (build_thought_sequences, sample_thoughts_shared,
-                                                   score_thoughts_shared, thought_prompts)
+from rlp_jax.rollout.prefix_strategies import (sample_thoughts_shared, score_thoughts_shared,
+                                               thought_prompts)
 from rlp_jax.rollout.thought_sampler import build_prompts, sample_thoughts
-from rlp_jax.train.rlp_step import SpecialTokens, rlp_loss, rollout_batch
-from rlp_jax.train.shared_prefix_step import shared_rlp_loss, shared_rollout_batch
-from rlp_jax.train.step import document_positions
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_loss import rlp_loss
+from rlp_jax.rollout.rlp_rollout import rollout_batch
+from rlp_jax.models.registry import document_positions
+from tests import helpers
 
-THINK_START, THINK_END, PAD = 3, 4, 0  # THINK_END is a common token: thoughts end early too
+# THINK_END is a common token: thoughts end early too.
+THINK_START, THINK_END, PAD = helpers.THINK_START, helpers.THINK_END, helpers.PAD
 SPECIAL = SpecialTokens(think_start_id=THINK_START, think_end_id=THINK_END, pad_id=PAD)
 GROUP = 2
 LIMIT = 6
@@ -33,42 +36,24 @@ REL = 1e-5
 
 
 FAMILIES = ('dense', 'hybrid')
-CHUNK = 4  # the hybrid's Mamba chunk: documents of 12 tokens are 3 chunks
+FAMILIES_HYBRID_SLOW = ('dense', pytest.param('hybrid', marks=pytest.mark.slow))
+CHUNK = helpers.ROLLOUT_MAMBA_CHUNK  # 4, the hybrid's Mamba chunk: a 12-token document is 3
 
 
 def model_config(family='dense'):
-  config = base_config().model
-  config.update(dict(vocab_size=24, hidden_size=32, intermediate_size=64, num_layers=2,
-                     num_heads=4, num_kv_heads=2, head_dim=8, init_std=0.3))
-  if family == 'hybrid':
-    # init_std 0.2, not 0.3: at 0.3 the gradients of the B/C conv leaves are strongly cancelling
-    # sums, and the naive reference's own fp32 rounding there is 1.2e-5 of the leaf (measured
-    # against the same computation in float64, where the two paths agree to 7e-15).
-    pattern = 'M*-M'
-    config.update(dict(family='hybrid', layer_pattern=pattern, num_layers=len(pattern),
-                       init_std=0.2,
-                       tie_embeddings=False, mamba_num_heads=4, mamba_head_dim=8,
-                       ssm_state_size=8, mamba_n_groups=2, mamba_conv_kernel=4,
-                       mamba_chunk_size=CHUNK, mamba_dt_limit_min=0.0,
-                       mamba_dt_limit_max=float('inf')))
-  return config
+  """The rollout tests' tiny model; hybrid: layers 'M*-M', Mamba chunk CHUNK, init_std 0.2."""
+  return helpers.rollout_model_config(family)
 
 
 def rlp_config(**overrides):
-  config = base_config().rlp
-  config.update(dict(positions_per_document=3, thoughts_per_position=GROUP,
-                     max_thought_tokens=LIMIT, min_context=2, sample_temperature=0.9))
-  config.update(overrides)
-  return config
+  return helpers.rollout_rlp_config(
+      **{'thoughts_per_position': GROUP, 'max_thought_tokens': LIMIT, **overrides})
 
 
 def documents():
   """Lengths 12, 5, 4 with min_context 2: the second has exactly 3 allowed positions (2, 3, 4:
   first allowed, inside, last token), the third 2 of 3 (one skipped slot)."""
-  rng = np.random.default_rng(0)
-  tokens = rng.integers(5, 24, size=(3, 12)).astype(np.int32)
-  mask = np.arange(12)[None, :] < np.array([12, 5, 4])[:, None]
-  return {'tokens': jnp.asarray(np.where(mask, tokens, PAD)), 'mask': jnp.asarray(mask)}
+  return helpers.rollout_documents([12, 5, 4])
 
 
 # dense: first allowed (2), inside (6, 3), last token of each document (11, 4, 3).
@@ -80,11 +65,7 @@ POSITIONS = {'dense': jnp.asarray([[2, 6, 11], [2, 3, 4], [2, 3, 3]], jnp.int32)
 
 
 def assert_close(got, want, rel=REL):
-  got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-  scale = max(np.max(np.abs(want)), 1e-30)
-  error = np.max(np.abs(got - want)) / scale
-  print(f'relative error {error:.1e}')  # visible with pytest -s
-  assert error <= rel, (error, scale)
+  helpers.assert_close(got, want, rel)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 5))
@@ -104,7 +85,7 @@ def _shared(graphdef, params, batch, temperature, key, family):
   prompts = thought_prompts(tokens, POSITIONS[family], GROUP, THINK_START)
   thoughts = sample_thoughts_shared(graphdef, params, model_config(family), doc, prompts, key,
                                     LIMIT, temperature, THINK_END, PAD)
-  sequences = build_thought_sequences(prompts, thoughts, THINK_END, PAD)
+  sequences = build_scored_sequences(prompts, thoughts, THINK_END, PAD)
   return (thoughts,) + score_thoughts_shared(graphdef, params, doc, sequences, LIMIT, temperature)
 
 
@@ -132,7 +113,7 @@ def test_attention_equals_gqa_over_the_tiled_document_and_own_keys():
   assert np.all(np.asarray(got[0, 1, 2]) == 0.0)
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', FAMILIES_HYBRID_SLOW)
 def test_document_kv_logits_are_the_model_forward(family):
   graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
@@ -149,6 +130,7 @@ def test_document_kv_logits_are_the_model_forward(family):
     assert doc.mamba[0].ssm.shape == (3, 3, 4, 8, 8)  # [B, K, H, P, N]
 
 
+@pytest.mark.slow
 def test_hybrid_document_states_equal_a_cache_filled_with_the_prefix():
   """The Mamba state a thought at t starts from (read off the document's chunked scan) equals the
   state a decode cache holds after prefilling x_<t alone (its own scan), every layer."""
@@ -199,6 +181,7 @@ def test_ssd_states_after_any_prefix_equal_the_recurrence():
 
 @pytest.mark.parametrize('family,temperature', [('dense', 0.9), ('dense', 0.0),
                                                 ('hybrid', 0.9), ('hybrid', 0.0)])
+@pytest.mark.slow
 def test_same_samples_log_probs_and_s_pred_as_naive(family, temperature):
   graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()
@@ -227,14 +210,15 @@ def rollouts(request):
   _, teacher = registry.init_params(model_config(family), seed=1)
 
   @jax.jit
-  def both(params, teacher):
-    args = (graphdef, params, teacher, jax.random.key(3), documents(), model_config(family),
-            rlp_config(), SPECIAL)
-    return rollout_batch(*args), shared_rollout_batch(*args)
+  def both(params, teacher):  # the same rollout, through each prefix strategy
+    return tuple(rollout_batch(graphdef, params, teacher, jax.random.key(3), documents(),
+                               model_config(family), rlp_config(prefix_mode=mode), SPECIAL)
+                 for mode in ('naive', 'shared'))
 
   return (family, params, teacher) + both(params, teacher)
 
 
+@pytest.mark.slow
 def test_rollout_rewards_advantages_and_metrics_match_naive(rollouts):
   _, _, _, naive, shared = rollouts
   assert float(naive.metrics['skipped_positions']) == 1.0
@@ -249,17 +233,19 @@ def test_rollout_rewards_advantages_and_metrics_match_naive(rollouts):
 
 
 @pytest.mark.parametrize('kl_weight', [0.0, 0.5])
+@pytest.mark.slow
 def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
   family, params, teacher, naive, shared = rollouts
   graphdef, _ = registry.abstract_params(model_config(family))
-  rlp = rlp_config(kl_weight=kl_weight, epsilon_low=0.05, epsilon_high=0.05)
+  rlp = {mode: rlp_config(kl_weight=kl_weight, epsilon_low=0.05, epsilon_high=0.05,
+                         prefix_mode=mode) for mode in ('naive', 'shared')}
   # A later update of the rollout: θ ≠ θ_old, so ratios move and the clip band binds somewhere.
   noise = jax.tree.map(lambda x: 0.05 * jax.random.normal(jax.random.key(7), x.shape), params)
   theta = jax.tree.map(jnp.add, params, noise)
   loss_naive = jax.jit(jax.value_and_grad(
-      lambda p: rlp_loss(p, teacher, graphdef, documents(), naive, rlp), has_aux=True))
+      lambda p: rlp_loss(p, teacher, graphdef, documents(), naive, rlp['naive']), has_aux=True))
   loss_shared = jax.jit(jax.value_and_grad(
-      lambda p: shared_rlp_loss(p, teacher, graphdef, documents(), shared, rlp), has_aux=True))
+      lambda p: rlp_loss(p, teacher, graphdef, documents(), shared, rlp['shared']), has_aux=True))
   (value_n, metrics_n), grads_n = loss_naive(theta)
   (value_s, metrics_s), grads_s = loss_shared(theta)
   assert float(metrics_n['clip_fraction']) > 0.0
@@ -284,7 +270,7 @@ def shared_document(family):
   return graphdef, params, doc, jnp.repeat(positions, GROUP, axis=1)
 
 
-@pytest.mark.parametrize('family', FAMILIES)
+@pytest.mark.parametrize('family', FAMILIES_HYBRID_SLOW)
 def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
   """A thought row's output has gradient into the document keys/values of its own document's
   columns < t only and (hybrid) into the Mamba states of its own (document, position) only."""

@@ -5,6 +5,7 @@ import os
 import ml_collections
 import pytest
 
+from rlp_jax.config import base_config
 from rlp_jax.data import tokenizer as tokenizer_lib
 from rlp_jax.data.reasoning_corpus import generate_documents
 from rlp_jax.data.tokenizer import SentencePieceTokenizer, Tokenizer, build_tokenizer
@@ -21,9 +22,9 @@ def tokenizer(tmp_path_factory) -> SentencePieceTokenizer:
 
 
 def configs(data_dir, path='', vocab_size=512):
-  data = ml_collections.ConfigDict(dict(corpus='reasoning', data_dir=str(data_dir),
-                                        num_documents=300, corpus_seed=0, files='',
-                                        text_field='text'))
+  data = base_config().data
+  data.update(dict(corpus='reasoning', data_dir=str(data_dir), num_documents=300, corpus_seed=0,
+                   files='', text_field='text'))
   tok = ml_collections.ConfigDict(dict(kind='sentencepiece', path=path, vocab_size=vocab_size))
   return tok, data
 

@@ -8,6 +8,7 @@ import pytest
 
 from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import read_metrics
+from tests import helpers
 
 
 RLP_METRICS = (
@@ -23,6 +24,7 @@ def losses(workdir):
           for row in read_metrics(workdir)]
 
 
+@pytest.mark.slow
 def test_short_tiny_run_lowers_the_loss(small_config, tmp_path):
   small_config.train.num_steps = 40
   small_config.train.checkpoint_every = 40
@@ -32,7 +34,7 @@ def test_short_tiny_run_lowers_the_loss(small_config, tmp_path):
   values = np.array([r['ntp_loss'] for r in rows])
   assert np.all(np.isfinite(values))
   assert values[-5:].mean() < values[:5].mean() - 1.0, values
-  for row in rows:  # every DESIGN §1.10 metric, every step, finite
+  for row in rows:  # every per-step metric (docs/objective.md, Metrics), every step, finite
     for name in RLP_METRICS:
       assert name in row and np.isfinite(row[name]), (row['step'], name)
   rewards = np.array([r['reward_mean'] for r in rows])
@@ -46,6 +48,7 @@ def test_short_tiny_run_lowers_the_loss(small_config, tmp_path):
     assert json.load(f)['train']['num_steps'] == 40
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_reproduces_the_loss_sequence(small_config, tmp_path):
   uninterrupted = str(tmp_path / 'uninterrupted')
   train(small_config, uninterrupted)
@@ -62,6 +65,7 @@ def test_interrupted_then_resumed_run_reproduces_the_loss_sequence(small_config,
   assert losses(resumed) == expected  # bit-exact, each step once
 
 
+@pytest.mark.slow
 def test_crash_after_checkpoint_replays_from_the_last_checkpoint(small_config, tmp_path):
   reference = str(tmp_path / 'reference')
   train(small_config, reference)
@@ -89,6 +93,7 @@ def _record_compiled(monkeypatch, name):
   return made
 
 
+@pytest.mark.slow
 def test_rlp_rollout_and_update_compile_once(small_config, tmp_path, monkeypatch):
   made = _record_compiled(monkeypatch, 'make_rlp_step')
   small_config.train.num_steps = 5
@@ -104,14 +109,9 @@ def test_rlp_rollout_and_update_compile_once(small_config, tmp_path, monkeypatch
   assert all(row['approx_kl'] > 0 and row['ratio_max'] > 1.0 for row in rows)
 
 
+@pytest.mark.slow
 def test_a_short_run_of_the_shipped_tiny_config(shared_data_dir, tmp_path):
-  import importlib.util  # pylint: disable=import-outside-toplevel
-  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs',
-                      'tiny.py')
-  spec = importlib.util.spec_from_file_location('tiny_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = helpers.load_config('tiny')
   config.data.data_dir = shared_data_dir
   config.data.num_documents = 600  # a smaller corpus; model and objective as shipped
   config.train.num_steps = 3
@@ -125,7 +125,7 @@ def test_a_short_run_of_the_shipped_tiny_config(shared_data_dir, tmp_path):
 
 
 def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):
-  made = _record_compiled(monkeypatch, 'make_train_step')
+  made = _record_compiled(monkeypatch, 'make_ntp_step')
   small_config.rlp.enabled = False
   small_config.train.num_steps = 6
   result = train(small_config, str(tmp_path))
@@ -135,6 +135,7 @@ def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):
   assert int(result.state.data_position) == 6
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(small_config, tmp_path,
                                                                      monkeypatch):
   import signal  # pylint: disable=import-outside-toplevel
@@ -167,6 +168,7 @@ HYBRID_MODEL = dict(family='hybrid', layer_pattern='M*-M', num_layers=4, mamba_n
 
 
 @pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.slow
 def test_shared_prefix_mode_trains_like_the_naive_mode(small_config, tmp_path, family):
   if family == 'hybrid':
     small_config.model.update(HYBRID_MODEL)

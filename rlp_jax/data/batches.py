@@ -5,7 +5,7 @@ batch p holds stream items [p*B, (p+1)*B) (a batch may straddle two epochs). Not
 which batches were asked for before, so a resumed run only needs its step's position.
 
 On several hosts each process asks only for its own rows (`batch(p, rows=...)`, the rows its
-devices hold; see `parallel.sharding.process_rows`) and tokenizes only those documents; the
+devices hold; see `parallel.batch_sharding.process_rows`) and tokenizes only those documents; the
 pieces of all processes, put in row order, are exactly the single-process `batch(p)`.
 """
 

@@ -2,7 +2,8 @@
 
 `load_documents(data_config)` builds the corpus's TFDS dataset under the data directory on first
 use and reads it back (array_record, no TensorFlow) afterwards. tensorflow_datasets is imported only
-when a corpus is actually built or read.
+when a corpus is actually built or read. `data_config` is a config's `data` section with every key
+declared (e.g. `base_config().data`); nothing here fills in defaults.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Iterator, Sequence
 import os
 from typing import Any, overload
 
-from rlp_jax.data import reasoning_corpus
 from rlp_jax.errors import ConfigError
 
 CORPORA = ('reasoning', 'local_text')
@@ -20,29 +20,23 @@ DATA_DIR_ENV = 'RLP_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = os.path.join('~', '.cache', 'rlp_jax', 'data')
 
 
-def _field(config: Any, key: str, default: Any) -> Any:
-  return getattr(config, key, default)
-
-
 def resolve_data_dir(data_config: Any) -> str:
   """data.data_dir, else $RLP_JAX_DATA_DIR, else ~/.cache/rlp_jax/data (absolute)."""
-  data_dir = _field(data_config, 'data_dir', '') or os.environ.get(DATA_DIR_ENV, '')
+  data_dir = data_config.data_dir or os.environ.get(DATA_DIR_ENV, '')
   return os.path.abspath(os.path.expanduser(data_dir or DEFAULT_DATA_DIR))
 
 
 def corpus_builder(data_config: Any):
   """The TFDS builder of the configured corpus (nothing is built yet)."""
   from rlp_jax.data import tfds_builders  # pylint: disable=import-outside-toplevel
-  corpus = _field(data_config, 'corpus', 'reasoning')
+  corpus = data_config.corpus
   data_dir = resolve_data_dir(data_config)
   if corpus == 'reasoning':
     config = tfds_builders.reasoning_corpus_config(
-        _field(data_config, 'num_documents', 0), _field(data_config, 'corpus_seed', 0),
-        _field(data_config, 'worked_fraction', reasoning_corpus.WORKED_FRACTION))
+        data_config.num_documents, data_config.corpus_seed, data_config.worked_fraction)
     return tfds_builders.ReasoningCorpus(config=config, data_dir=data_dir)
   if corpus == 'local_text':
-    config = tfds_builders.local_text_config(
-        _field(data_config, 'files', ''), _field(data_config, 'text_field', 'text'))
+    config = tfds_builders.local_text_config(data_config.files, data_config.text_field)
     return tfds_builders.LocalText(config=config, data_dir=data_dir)
   raise ConfigError(f"data.corpus must be one of {', '.join(CORPORA)}, got {corpus!r}")
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as RustTokenizer
 
-from rlp_jax.data.tokenizer import THINK_END, THINK_START
+from rlp_jax.data.special_tokens import THINK_END, THINK_START
 from rlp_jax.errors import DataError
 
 TOKENIZER_FILE = 'tokenizer.json'

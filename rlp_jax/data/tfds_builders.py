@@ -6,8 +6,7 @@ or a hash of the resolved files with their sizes and mtimes), so a changed input
 dataset next to the old one instead of reusing it. Bump `VERSION` when the generator changes.
 
 Only this module imports tensorflow_datasets; the rest of the package imports it lazily. The entry
-point `load_documents` lives in `rlp_jax.data.corpora` (importable without TFDS) and is re-exported
-here.
+point `load_documents` lives in `rlp_jax.data.corpora` (importable without TFDS).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import os
 import tensorflow_datasets as tfds
 
 from rlp_jax.data import reasoning_corpus
-from rlp_jax.data.corpora import load_documents  # pylint: disable=unused-import  (re-export)
 from rlp_jax.errors import ConfigError, DataError
 
 FILE_FORMAT = 'array_record'

@@ -15,11 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import sentencepiece as spm
 
+from rlp_jax.data.special_tokens import NEWLINE, THINK_END, THINK_START
 from rlp_jax.errors import ConfigError, DataError
 
-THINK_START = '<think>'
-THINK_END = '</think>'
-NEWLINE = '\n'
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 TOKENIZER_KINDS = ('sentencepiece', 'hf_json')
 # Byte fallback needs 256 byte pieces; smaller vocabularies train without it (unseen characters

@@ -13,7 +13,7 @@ from typing import Any
 
 import ml_collections
 
-from rlp_jax.config_schema import validate_config
+from rlp_jax.config import validate_config
 from rlp_jax.data.corpora import load_documents
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.errors import DataError

@@ -26,11 +26,11 @@ from tqdm import tqdm
 
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.reasoning_corpus import render_prompt
+from rlp_jax.data.special_tokens import special_tokens
 from rlp_jax.eval.answers import answers_match, extract_final_answer, majority_vote
 from rlp_jax.eval.benchmarks import EvalProblem, corpus_problems, load_benchmark
 from rlp_jax.eval.generation import Generator
 from rlp_jax.eval.heldout import HeldOut, answer_positions
-from rlp_jax.train.rollout_outcome import SpecialTokens
 
 EXAMPLES_KEPT = 3  # generated examples per source kept in the JSON report
 
@@ -64,8 +64,7 @@ class Evaluator:
     count = _limited(min(ev.num_documents, len(validation_documents)), limit)
     self.documents = list(range(count))
     self.texts = [validation_documents[i] for i in self.documents]
-    special = SpecialTokens(think_start_id=tokenizer.think_start_id,
-                            think_end_id=tokenizer.think_end_id, pad_id=tokenizer.pad_id)
+    special = special_tokens(tokenizer)
     self.heldout = HeldOut(graphdef, config.model, rlp, special, ev.thoughts_per_position)
     self.generator = Generator(graphdef, config.model, tokenizer, ev.rows_per_call,
                                data.seq_len, rlp.max_thought_tokens, ev.max_answer_tokens)

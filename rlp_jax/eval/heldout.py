@@ -3,7 +3,7 @@
 Information gain here is `log p_θ(x_t | x_<t, <think> c </think>) − log p_θ(x_t | x_<t)`: both
 terms under the same θ (not the EMA teacher), so it measures what the thought buys the model being
 evaluated, not how far θ has moved from φ. Thoughts come from the training code's shared-prefix
-rollout (`train.shared_prefix_step.reasoned_evidence_shared`), sampled at the training temperature
+rollout (`rollout.reasoned_evidence.reasoned_evidence` with the shared prefix strategy), sampled at the training temperature
 (G per position) and greedily (one per position).
 
 Positions: `all` draws K positions per document uniformly (as `rlp.position_rule='uniform'`
@@ -23,13 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlp_jax.data.reasoning_corpus import ANSWER_PREFIX, WORK_INTRO
+from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
+from rlp_jax.rollout.baseline_evidence import baseline_evidence
 from rlp_jax.rollout.positions import choose_positions
-from rlp_jax.train.rlp_step import baseline_evidence
-from rlp_jax.train.rollout_outcome import SpecialTokens
-from rlp_jax.train.shared_prefix_step import reasoned_evidence_shared
-from rlp_jax.train.step import document_positions
+from rlp_jax.rollout.prefix_strategies import SharedPrefix
+from rlp_jax.rollout.reasoned_evidence import reasoned_evidence
 
 _ANSWER_START = re.compile(re.escape(ANSWER_PREFIX) + r' (?!' + re.escape(WORK_INTRO) + ')')
 
@@ -74,15 +74,16 @@ class HeldOut:
     self.group = thoughts_per_position
 
     def ntp_sums(params, tokens, mask):
-      logits, _ = registry.forward(graphdef, params, tokens, document_positions(tokens), mask)
+      logits, _ = registry.forward(graphdef, params, tokens, registry.document_positions(tokens),
+                                   mask)
       loss, count = next_token_loss(logits, tokens, mask)
       return loss * count, count
 
     def gains(params, key, tokens, mask, positions, group, temperature):
       batch, k = positions.shape
       s_plain = baseline_evidence(graphdef, params, tokens, mask, positions)  # [B, K]
-      _, thoughts, s_think = reasoned_evidence_shared(
-          graphdef, params, model_config, key, tokens, mask, positions, group,
+      _, thoughts, s_think = reasoned_evidence(
+          SharedPrefix(), graphdef, params, model_config, key, tokens, mask, positions, group,
           rlp.max_thought_tokens, temperature, special)
       return s_think.reshape(batch, k, group) - s_plain[:, :, None], thoughts
 

@@ -1,2 +1,3 @@
-"""Hugging Face interop: safetensors checkpoints ↔ rlp_jax params (Qwen3, Nemotron-H), and the
-`model.init_from` loader."""
+"""Hugging Face interop and checkpoint loading, above the models: safetensors files ↔ rlp_jax
+params (every family whose record has Hugging Face names, models/hf_names/), the
+`model.init_from` loader, and the export command line."""

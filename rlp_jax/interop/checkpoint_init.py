@@ -16,6 +16,7 @@ from flax import nnx
 import orbax.checkpoint as ocp
 
 from rlp_jax.errors import DataError
+from rlp_jax.interop import hf_checkpoint
 from rlp_jax.models import registry
 
 Params = dict[str, Any]
@@ -42,7 +43,6 @@ def load_init_params(init_from: str, model_config: Any, shardings: Params | None
   path = os.path.abspath(os.path.expanduser(init_from))
   if not os.path.isdir(path):
     raise DataError(f'model.init_from: no such directory {path}')
-  from rlp_jax.interop import hf_checkpoint  # pylint: disable=import-outside-toplevel
   if hf_checkpoint.is_hf_checkpoint(path):
     params = hf_checkpoint.load_hf_params(path, model_config, shardings)
     return params, f'Hugging Face checkpoint {path}'

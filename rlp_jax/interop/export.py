@@ -22,7 +22,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.data import hf_tokenizer
 from rlp_jax.errors import ConfigError, DataError, UserInputError
 from rlp_jax.interop.checkpoint_init import find_checkpoint_dir, restore_checkpoint_params

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoint directories ↔ rlp_jax params, for every family with a name mapping.
+"""Hugging Face checkpoint directories ↔ rlp_jax params, for every family whose record has HF names.
 
   load_hf_params(hf_dir, model_config)            safetensors → params pure dict
   params_from_tensors(tensors, model_config)       the same from a dict (e.g. a torch state dict)
@@ -7,12 +7,12 @@
 
 The parameter tree comes from `registry.abstract_params` (nothing allocated); every expected
 tensor must be present with the right shape (checked from the file headers before any data is
-read); tensors are read one at a time and cast to `model.param_dtype`.
+read); tensors are read one at a time and cast to `model.param_dtype`. The tensor names, layouts
+and config.json translation of each family are its record's `hf` (models/hf_names/).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-import dataclasses
+from collections.abc import Mapping
 import json
 import math
 import os
@@ -24,50 +24,22 @@ import ml_dtypes
 import numpy as np
 
 from rlp_jax.errors import ConfigError, DataError
-from rlp_jax.interop import nemotron_h_names, qwen3_names
 from rlp_jax.interop.safetensors_io import SafetensorsReader, has_safetensors, write_safetensors
-from rlp_jax.interop.tensor_map import TensorMapping, check_covers, get_at, path_to_string, set_at
 from rlp_jax.models import registry
+from rlp_jax.models.family import HFNames
+from rlp_jax.models.hf_names.tensor_map import check_covers, get_at, path_to_string, set_at
 
 CONFIG_FILE = 'config.json'
 Params = dict[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class HFFamily:
-  """How one rlp_jax model family is stored as a Hugging Face model type."""
-  family: str  # rlp_jax `model.family`
-  model_type: str  # HF config.json `model_type`
-  mappings: Callable[[Any], list[TensorMapping]]
-  hf_config: Callable[[Any, str], dict[str, Any]]  # (model_config, torch dtype) → config.json
-  model_keys: Callable[[dict[str, Any], str], dict[str, Any]]  # (config.json, where) → model.*
-  # Tensors a checkpoint may hold that the model does not use (e.g. a tied head stored too).
-  ignored: Callable[[Any], set[str]] = lambda model_config: set()
-  # (stored prefix, alternative prefix): names tried when the first spelling is absent.
-  prefix_aliases: tuple[tuple[str, str], ...] = ()
-
-
-_HF_FAMILIES: dict[str, HFFamily] = {
-    'dense': HFFamily('dense', qwen3_names.MODEL_TYPE, qwen3_names.qwen3_mappings,
-                      qwen3_names.qwen3_hf_config, qwen3_names.model_config_from_qwen3,
-                      ignored=qwen3_names.qwen3_ignored_tensors),
-    'hybrid': HFFamily('hybrid', nemotron_h_names.MODEL_TYPE, nemotron_h_names.nemotron_h_mappings,
-                       nemotron_h_names.nemotron_h_hf_config,
-                       nemotron_h_names.model_config_from_nemotron_h,
-                       prefix_aliases=nemotron_h_names.PREFIX_ALIASES),
-}
-
-
-def register_hf_family(hf_family: HFFamily) -> None:
-  """Adds (or replaces) the Hugging Face mapping of an rlp_jax model family."""
-  _HF_FAMILIES[hf_family.family] = hf_family
-
-
-def hf_family(family: str) -> HFFamily:
-  if family not in _HF_FAMILIES:
-    raise ConfigError(f'model.family {family!r} has no Hugging Face mapping '
-                      f'(known: {sorted(_HF_FAMILIES)})')
-  return _HF_FAMILIES[family]
+def hf_names_of(model_config: Any) -> HFNames:
+  """The Hugging Face names of `model.family` (ConfigError when the family has none)."""
+  family = registry.family_of(model_config)
+  if family.hf is None:
+    known = sorted(name for name, f in registry.FAMILIES.items() if f.hf is not None)
+    raise ConfigError(f'model.family {family.name!r} has no Hugging Face mapping (known: {known})')
+  return family.hf
 
 
 def is_hf_checkpoint(directory: str) -> bool:
@@ -94,11 +66,12 @@ def model_config_from_hf(hf_dir: str) -> dict[str, Any]:
   hf_config = read_hf_config(hf_dir)
   where = os.path.join(os.path.abspath(os.path.expanduser(hf_dir)), CONFIG_FILE)
   model_type = hf_config.get('model_type')
-  for known in _HF_FAMILIES.values():
-    if known.model_type == model_type:
-      return known.model_keys(hf_config, where)
+  known = [family.hf for family in registry.FAMILIES.values() if family.hf is not None]
+  for names in known:
+    if names.model_type == model_type:
+      return names.model_keys(hf_config, where)
   raise DataError(f'{where}: model_type {model_type!r} is not supported (known: '
-                  f'{sorted(f.model_type for f in _HF_FAMILIES.values())})')
+                  f'{sorted(names.model_type for names in known)})')
 
 
 # Keys model_config_from_hf reports that do not change the function the weights compute.
@@ -159,7 +132,7 @@ class InMemoryTensors:
     return np.asarray(self._tensors[name])
 
 
-def _resolve_name(name: str, source: TensorSource, hf: HFFamily) -> str | None:
+def _resolve_name(name: str, source: TensorSource, hf: HFNames) -> str | None:
   if name in source:
     return name
   for stored, alternative in hf.prefix_aliases:
@@ -188,7 +161,7 @@ def params_from_tensors(source: TensorSource | Mapping[str, Any], model_config: 
   """Params of `model_config` from HF-named tensors (a reader, or a dict such as a state dict)."""
   if not hasattr(source, 'read'):
     source = InMemoryTensors(source)
-  hf = hf_family(model_config.family)
+  hf = hf_names_of(model_config)
   _, abstract = registry.abstract_params(model_config)
   mappings = hf.mappings(model_config)
   check_covers(mappings, abstract, hf.model_type)
@@ -253,7 +226,7 @@ def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
   devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`). Returns the
   written file names.
   """
-  hf = hf_family(model_config.family)
+  hf = hf_names_of(model_config)
   mappings = hf.mappings(model_config)
   check_covers(mappings, params, hf.model_type)
   by_name = {m.hf_name: m for m in mappings}

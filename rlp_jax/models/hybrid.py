@@ -1,19 +1,16 @@
-"""Hybrid decoder with the Nemotron-H architecture (Mamba2 + attention + MLP layers).
+"""Hybrid decoder with the Nemotron-H architecture: Mamba2 + attention + MLP layers (the 'hybrid'
+family; its record: hybrid_family.py).
 
   x = embed(tokens)
   per layer (one character of model.layer_pattern):  x = x + mixer(RMSNorm(x)), mixer one of
     'M' Mamba2 (mamba2.py), '*' GQA attention without RoPE or q/k-norm, '-' down(relu(up(x))²)
   logits = lm_head(RMSNorm(x))          (untied for Nemotron; tied if model.tie_embeddings)
 
-Parameter tree (logical axes in brackets; mixer parameters: mamba2.py, attention.py, layers.py):
-  token_embedding.embedding [vocab, embed]
+Embedding, final norm and head are the shared tail in decoder.py; this module holds the layers.
+Parameter tree: decoder.py's, with (mixer parameters: mamba2.py, attention.py, layers.py)
   layers[i].norm.scale [norm]
   layers[i].mixer.*                          (Mamba2Mixer | Attention | SquaredReLUMLP)
-  final_norm.scale [norm]
-  lm_head.kernel [embed, vocab]              (absent when tied)
 Positions are accepted and ignored: nothing in the model is position-dependent except causality.
-`residual_stream` runs embedding and layers (x before the final norm); `output_logits` applies the
-final norm and lm head, so a caller can take logits of only the columns it needs.
 """
 
 from __future__ import annotations
@@ -21,16 +18,14 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.models.attention import Attention
+from rlp_jax.models.decoder import Decoder
 from rlp_jax.models.hybrid_cache import HybridCache, MambaState
 from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
                                      write_columns)
-from rlp_jax.models.layers import (LOGITS_AXES, RESIDUAL_AXES, Embedding, Projection, RMSNorm,
-                                   SquaredReLUMLP, layer_forward, remat_option,
-                                   resolve_dtype)
+from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SquaredReLUMLP, layer_forward
 from rlp_jax.models.mamba2 import Mamba2Mixer
 from rlp_jax.parallel.activation_sharding import constrain
 
@@ -73,53 +68,18 @@ class HybridBlock(nnx.Module):
     return constrain(x + out, RESIDUAL_AXES), state
 
 
-class HybridDecoder(nnx.Module):
-  """Nemotron-H decoder; `__call__` returns fp32 logits and the updated cache (or None)."""
+class HybridDecoder(Decoder):
+  """Nemotron-H decoder; `__call__` returns fp32 logits and the updated HybridCache (or None)."""
+  final_norm_scale_in_fp32 = True
 
-  def __init__(self, config: Any, rngs: nnx.Rngs):
-    param_dtype = resolve_dtype(config.param_dtype, 'model.param_dtype')
-    compute_dtype = resolve_dtype(config.compute_dtype, 'model.compute_dtype')
-    self.tie_embeddings = bool(config.tie_embeddings)
-    self.remat = remat_option(config)
-    common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
-                  rngs=rngs)
-    self.token_embedding = Embedding(config.vocab_size, config.hidden_size, **common)
-    self.layers = nnx.List([
-        HybridBlock(kind, config, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
-        for kind in config.layer_pattern
-    ])
-    self.final_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype,
-                              scale_in_fp32=True)
-    if not self.tie_embeddings:
-      self.lm_head = Projection('ble,ev->blv', (config.hidden_size, config.vocab_size),
-                                ('embed', 'vocab'), output_dtype=jnp.float32, **common)
+  def build_layers(self, config: Any, *, param_dtype: Any, compute_dtype: Any,
+                   rngs: nnx.Rngs) -> list[HybridBlock]:
+    return [HybridBlock(kind, config, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                        rngs=rngs) for kind in config.layer_pattern]
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
-    """fp32 logits [B, L, V] from final-normed hidden states."""
-    if self.tie_embeddings:
-      return self.token_embedding.attend(hidden)
-    return constrain(self.lm_head(hidden), LOGITS_AXES)
-
-  def output_logits(self, x: jax.Array) -> jax.Array:
-    """fp32 logits [B, L, V] from the residual stream (final norm, then lm head)."""
-    return self.logits(self.final_norm(x))
-
-  def __call__(self, tokens: jax.Array, positions: jax.Array,
-               token_mask: jax.Array | None = None, cache: HybridCache | None = None,
-               ) -> tuple[jax.Array, HybridCache | None]:
-    """tokens int32 [B, L], positions (unused), token_mask bool [B, L] (None: all real)."""
-    x, cache = self.residual_stream(tokens, positions, token_mask, cache)
-    return self.output_logits(x), cache
-
-  def residual_stream(self, tokens: jax.Array, positions: jax.Array,
-                      token_mask: jax.Array | None = None, cache: HybridCache | None = None,
-                      ) -> tuple[jax.Array, HybridCache | None]:
-    """The residual stream after the last layer [B, L, E] (before the final norm) and the
-    updated cache (None without one). Without a cache the layers follow `model.remat`."""
-    del positions
-    if token_mask is None:
-      token_mask = jnp.ones(tokens.shape, jnp.bool_)
-    x = self.token_embedding(tokens)
+  def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
+                 cache: HybridCache | None) -> tuple[jax.Array, HybridCache | None]:
+    del positions  # nothing in the model depends on positions except causality
     if cache is None:
       attention_mask = causal_attention_mask(token_mask)
       for layer in self.layers:
@@ -128,7 +88,7 @@ class HybridDecoder(nnx.Module):
 
     kv = cache.attention
     valid = write_columns(kv.valid, token_mask, kv.index)
-    attention_mask = cached_attention_mask(valid, kv.index, tokens.shape[1])
+    attention_mask = cached_attention_mask(valid, kv.index, x.shape[1])
     past_kv = iter(zip(kv.keys, kv.values, strict=True))
     past_mamba = iter(cache.mamba)
     new_keys, new_values, new_mamba = [], [], []
@@ -143,6 +103,5 @@ class HybridDecoder(nnx.Module):
       else:
         x, _ = layer(x, token_mask, attention_mask)
     new_kv = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
-                     index=kv.index + tokens.shape[1])
-    new_cache = HybridCache(attention=new_kv, mamba=tuple(new_mamba))
-    return x, new_cache
+                     index=kv.index + x.shape[1])
+    return x, HybridCache(attention=new_kv, mamba=tuple(new_mamba))

@@ -71,3 +71,20 @@ def empty_hybrid_cache(model_config: Any, batch_size: int, max_len: int, dtype: 
                         model_config.mamba_conv_kernel, dtype)
       for _ in range(pattern.count('M')))
   return HybridCache(attention=attention, mamba=mamba)
+
+
+def thought_start_states(document_states: tuple[MambaState, ...], thoughts_per_document: int,
+                         ) -> tuple[MambaState, ...]:
+  """Per Mamba layer, the state each of the B·N thought rows starts from: the document's state
+  at the thought's position (`document_states`: arrays leading with [B, K], one per scored
+  position, see prefix_attention.DocumentKV), repeated to [B·N, ...] (n = k·G + g)."""
+  if not document_states:
+    return ()
+  batch, num_positions = document_states[0].ssm.shape[:2]
+  if thoughts_per_document % num_positions:
+    raise ValueError(f'{thoughts_per_document} thoughts per document are not a multiple of the '
+                     f'{num_positions} positions the document states were taken at')
+  group = thoughts_per_document // num_positions
+  rows = lambda t: jnp.repeat(t, group, axis=1).reshape((batch * thoughts_per_document,)
+                                                        + t.shape[2:])
+  return tuple(jax.tree.map(rows, state) for state in document_states)

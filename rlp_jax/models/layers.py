@@ -21,7 +21,7 @@ from rlp_jax.parallel.activation_sharding import constrain
 
 LogicalAxes = tuple[str, ...]
 
-# Logical axes of activations (rules in config_schema.DEFAULT_LOGICAL_AXIS_RULES).
+# Logical axes of activations (rules in rlp_jax/config/axis_rules.py).
 RESIDUAL_AXES = ('batch', 'length', 'activation_embed')  # [B, L, E]
 MLP_HIDDEN_AXES = ('batch', 'length', 'activation_mlp')  # [B, L, M]
 QUERY_AXES = ('batch', 'length', 'activation_heads', 'head_dim')  # [B, L, H, D]
@@ -30,14 +30,14 @@ LOGITS_AXES = ('batch', 'length', 'activation_vocab')  # [B, L, V]
 
 REMAT_CHOICES = ('none', 'block')
 
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def resolve_dtype(name: str, key: str) -> Any:
   """Maps a config dtype name ('float32' | 'bfloat16') to a jnp dtype; `key` names the config key."""
-  if name not in _DTYPES:
-    raise ConfigError(f'{key} must be one of {sorted(_DTYPES)}, got {name!r}')
-  return _DTYPES[name]
+  if name not in DTYPES:
+    raise ConfigError(f'{key} must be one of {sorted(DTYPES)}, got {name!r}')
+  return DTYPES[name]
 
 
 def logical_param(value: jax.Array, logical_axes: LogicalAxes) -> nnx.Param:

@@ -39,7 +39,7 @@ from rlp_jax.models.layers import (RESIDUAL_AXES, LogicalAxes, Projection, logic
 from rlp_jax.models.ssd import ssd_chunked_scan, ssd_step
 from rlp_jax.parallel.activation_sharding import constrain
 
-# Logical axes of the mixer's activations (rules in config_schema.DEFAULT_LOGICAL_AXIS_RULES).
+# Logical axes of the mixer's activations (rules in rlp_jax/config/axis_rules.py).
 _HEAD_STREAM_AXES = ('batch', 'length', 'activation_mamba_heads', 'mamba_head_dim')  # [B,L,H,P]
 _GROUP_STREAM_AXES = ('batch', 'length', 'activation_mamba_groups', 'ssm_state')  # [B,L,G,N]
 _STEP_SIZE_AXES = ('batch', 'length', 'activation_mamba_heads')  # [B, L, H]

@@ -1,4 +1,5 @@
-"""The attention half of shared-prefix compute (DESIGN §2), common to the dense and hybrid families.
+"""The attention half of shared-prefix compute (shared_prefix.py; measured in docs/performance.md),
+common to the dense and hybrid families.
 
 A thought token of rollout (b, n) attends to the document columns s < prefix_len[b, n] and to its
 own earlier thought tokens: two score blocks, the document block an einsum against the UN-copied

@@ -1,39 +1,56 @@
 """The one public entry point to the models: config → module, params, pure forward, caches.
 
-Everything compiled is a pure function of (graphdef, params, inputs); `params` is the nested pure
-dict of arrays that `nnx.to_pure_dict` produces (list indices are int keys).
+`FAMILIES` registers each model family's record (family.py); `family_of(model_config)` looks up
+the one `model.family` names. Adding a family is one module defining its record and one line
+here. Everything compiled is a pure function of (graphdef, params, inputs); `params` is the nested
+pure dict of arrays that `nnx.to_pure_dict` produces (list indices are int keys).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.errors import ConfigError
-from rlp_jax.models.dense import DenseDecoder
-from rlp_jax.models.hybrid import HybridDecoder
-from rlp_jax.models.hybrid_cache import HybridCache, empty_hybrid_cache
-from rlp_jax.models.kv_cache import KVCache, empty_kv_cache
-from rlp_jax.models.layers import resolve_dtype
+from rlp_jax.models.dense_family import DENSE
+from rlp_jax.models.family import ModelFamily
+from rlp_jax.models.hybrid_cache import HybridCache
+from rlp_jax.models.hybrid_family import HYBRID
+from rlp_jax.models.kv_cache import KVCache
 
 Params = dict[str, Any]
-Cache = KVCache | HybridCache
+Cache = KVCache | HybridCache  # what the registered families' `init_cache` return
 
-_FAMILIES: dict[str, Callable[[Any, nnx.Rngs], nnx.Module]] = {
-    'dense': DenseDecoder,
-    'hybrid': HybridDecoder,
-}
+FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (
+    DENSE,
+    HYBRID,
+)}
+
+
+def family_of(model_config: Any) -> ModelFamily:
+  """The record of `model_config.family`; ConfigError naming the key and its choices otherwise."""
+  name = model_config.family
+  if name not in FAMILIES:
+    raise ConfigError(f'config key `model.family` must be one of {sorted(FAMILIES)}, got {name!r}')
+  return FAMILIES[name]
+
+
+def family_of_model(model: nnx.Module) -> ModelFamily:
+  """The record whose decoder class built `model` (a merged graphdef and params)."""
+  matches = [family for family in FAMILIES.values() if type(model) is family.decoder]
+  if len(matches) != 1:
+    raise ConfigError(f'{type(model).__name__} is the decoder of {len(matches)} model families '
+                      f'(registered: {sorted(FAMILIES)}); expected exactly one')
+  return matches[0]
 
 
 def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:
   """Instantiates the model named by `model_config.family` with fresh parameters."""
-  family = model_config.family
-  if family not in _FAMILIES:
-    raise ConfigError(f'model.family must be one of {sorted(_FAMILIES)}, got {family!r}')
-  return _FAMILIES[family](model_config, rngs)
+  return family_of(model_config).decoder(model_config, rngs)
 
 
 def init_params(model_config: Any, seed: int) -> tuple[nnx.GraphDef, Params]:
@@ -76,6 +93,11 @@ def count_params(model_config: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
+def document_positions(tokens: jax.Array) -> jax.Array:
+  """RoPE positions of right-padded document rows [B, L]: 0..L-1 on every row."""
+  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+
+
 def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions: jax.Array,
             token_mask: jax.Array | None = None, cache: Cache | None = None,
             ) -> tuple[jax.Array, Cache | None]:
@@ -84,7 +106,7 @@ def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions
   Without a cache: causal attention over the L tokens, keys with token_mask False masked out.
   With a cache: the L tokens are written at columns [cache.index, cache.index + L) and attend to
   valid cache columns up to their own (see kv_cache.py); the hybrid family also carries its
-  Mamba2 states forward (see hybrid_cache.py).
+  Mamba2 states forward (see hybrid_cache.py). The cache comes from `init_cache`.
   """
   model = nnx.merge(graphdef, params)
   return model(tokens, positions, token_mask, cache)
@@ -109,10 +131,4 @@ def logits_from_hidden(graphdef: nnx.GraphDef, params: Params, hidden: jax.Array
 
 def init_cache(model_config: Any, batch_size: int, max_len: int) -> Cache:
   """Empty decode cache (zeros, nothing valid, index 0) in the compute dtype; SSM states fp32."""
-  dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
-  if model_config.family == 'dense':
-    return empty_kv_cache(model_config.num_layers, batch_size, max_len, model_config.num_kv_heads,
-                          model_config.head_dim, dtype)
-  if model_config.family == 'hybrid':
-    return empty_hybrid_cache(model_config, batch_size, max_len, dtype)
-  raise ConfigError(f'model.family {model_config.family!r} has no decode cache')
+  return family_of(model_config).init_cache(model_config, batch_size, max_len)

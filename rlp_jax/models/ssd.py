@@ -4,8 +4,9 @@ Per head h (of group g = h // (H / G)), with the state S_t [P, N]:
   S_t = exp(dt_t · A_h) S_{t-1} + dt_t · x_t ⊗ B_t        y_t = S_t C_t
 The chunked form splits the L tokens into chunks of Q: inside a chunk y is a masked
 attention-like product (C Bᵀ ∘ decay) x; across chunks the states are passed along with their
-decays. Everything here is fp32 (DESIGN §4: SSM states in fp32); B and C stay per group (they are
-never repeated per head). The D skip connection and the gate are applied by the caller.
+decays. Everything here is fp32 (the SSM states are kept in fp32 whatever `model.compute_dtype`,
+see docs/architecture.md); B and C stay per group (they are never repeated per head). The D skip
+connection and the gate are applied by the caller.
 
 Letters in the einsums: b batch, c chunk, l/s positions in a chunk (target/source), g group,
 r head within the group, p head_dim, n state.

@@ -1,12 +1,17 @@
 """Which positions of each document are scored: K per document, seeded, never padding.
 
 Uniformly at random (`weights=None`, the default rule) or, with per-position weights, drawn
-without replacement with probability proportional to the weight (Gumbel-top-k).
+without replacement with probability proportional to the weight (Gumbel-top-k). The rules of
+`rlp.position_rule` are declared here (`POSITION_RULES`); baseline_evidence.py applies them.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+
+from rlp_jax.errors import ConfigError
 
 # Allowed positions weigh at least this much, so a zero (or negative, or NaN) weight never makes an
 # allowed position impossible while others fill the K slots first.
@@ -85,3 +90,41 @@ def _ascending_positions(top_index: jax.Array, valid: jax.Array, min_context: in
   valid = jnp.take_along_axis(valid, order, axis=1)
   positions = jnp.where(valid, positions, jnp.minimum(min_context, length - 1))
   return positions, valid
+
+
+def teacher_loss_weights(log_prob: jax.Array, entropy: jax.Array) -> jax.Array:
+  """'teacher_loss': weight −log p_φ(x_t | x_<t), where the no-think teacher is surprised."""
+  del entropy
+  return -log_prob
+
+
+def teacher_entropy_weights(log_prob: jax.Array, entropy: jax.Array) -> jax.Array:
+  """'teacher_entropy': weight H(p_φ(· | x_<t)), where the no-think teacher is uncertain."""
+  del log_prob
+  return entropy
+
+
+# rlp.position_rule → the sampling weight [B, L] of each position from φ's (log_prob, entropy) at
+# every column (baseline_evidence.teacher_next_token_stats).
+POSITION_WEIGHTS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
+    'teacher_loss': teacher_loss_weights,
+    'teacher_entropy': teacher_entropy_weights,
+}
+# Rules that need no teacher statistics: uniform among allowed positions, or among the tokens
+# right after `rlp.position_marker`.
+UNWEIGHTED_RULES = ('uniform', 'after_marker')
+POSITION_RULES = (*UNWEIGHTED_RULES, *POSITION_WEIGHTS)
+
+
+def after_marker(tokens: jax.Array, marker_ids: tuple[int, ...]) -> jax.Array:
+  """bool [B, L]: True at t when tokens[t − m : t] are the m marker ids (the token right after
+  each occurrence of the marker)."""
+  length, m = tokens.shape[1], len(marker_ids)
+  if m == 0:
+    raise ConfigError("config key `rlp.position_marker` must be set (non-empty) when "
+                      "`rlp.position_rule` is 'after_marker'")
+  match = jnp.arange(length)[None, :] >= m
+  for j, marker_id in enumerate(marker_ids):  # tokens[t − m + j] == marker[j]
+    shifted = jnp.pad(tokens, ((0, 0), (m - j, 0)), constant_values=-1)[:, :length]
+    match = match & (shifted == marker_id)
+  return match

@@ -1,6 +1,9 @@
-"""Teacher-forced scoring of thoughts: per-token thought log-probs and the reasoned evidence
-S_pred = log p(x_t | x_<t, <think> c </think>), in one forward over `prompt ‖ c </think> x_t`.
+"""The thinking side of the reward: G thoughts per scored position and their reasoned evidence
+S_pred = log p(x_t | x_<t, <think> c </think>) (`reasoned_evidence`, for either prefix strategy),
+next to the no-think baseline S_ema of baseline_evidence.py.
 
+Scoring is teacher-forced, in one forward over `prompt ‖ c </think> x_t` (`score_thoughts` is the
+naive strategy's; prefix_strategies.py has the shared one): per-token thought log-probs and S_pred.
 The same function scores under θ_old at rollout time (no gradient) and under θ in the update
 (with gradient), so on the first update of a rollout the importance ratio is exactly 1 up to the
 decode-vs-forward rounding.
@@ -13,6 +16,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.models import registry
 from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.rollout.thought_sampler import Prompts, Thoughts
@@ -80,3 +84,23 @@ def region_scores(region_logits: jax.Array, region_tokens: jax.Array, closed_len
   answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)[:, 0]
   s_pred = token_log_probs(answer_logits, answer_token, 1.0)
   return thought_log_probs, s_pred
+
+
+def reasoned_evidence(strategy: Any, graphdef: Any, params: Any, model_config: Any,
+                      key: jax.Array, tokens: jax.Array, mask: jax.Array, positions: jax.Array,
+                      group_size: int, max_thought_tokens: int, temperature: float,
+                      special: SpecialTokens) -> tuple[ScoredSequences, Thoughts, jax.Array]:
+  """G thoughts per scored position [B, K] sampled under `params` and their reasoned evidence
+  S_pred [R] = log p(x_t | x_<t, <think> c </think>) under `params`, through `strategy` (a
+  prefix_strategies.PrefixStrategy: how each thought sees its document prefix).
+
+  The rollout (θ_old) and the evaluator (the evaluated θ, rlp_jax.eval) both call this."""
+  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False)
+  prompts = strategy.prompts(tokens, positions, group_size, special.think_start_id)
+  thoughts = strategy.sample(graphdef, params, model_config, context, prompts, key,
+                             max_thought_tokens, temperature, special.think_end_id,
+                             special.pad_id)
+  sequences = build_scored_sequences(prompts, thoughts, special.think_end_id, special.pad_id)
+  _, s_pred = strategy.score(graphdef, params, context, sequences, max_thought_tokens,
+                             temperature)
+  return sequences, thoughts, s_pred

@@ -1,7 +1,7 @@
 """Training FLOPs as the RLP paper counts them: ≈ 2N per token of forward pass and ≈ 6N per token
 trained with gradient, N the non-embedding parameters (input embedding and output head excluded).
 
-One RLP step (rlp_step / shared_prefix_step) on a batch with D real document tokens, R rollout rows
+One RLP step (train/rlp_step.py, either prefix strategy) on a batch with D real document tokens, R rollout rows
 (B·K·G, scored positions × G) and S sampled thought tokens (the sampled `</think>` included):
   forward   teacher pass over the documents             D
             θ_old document pass                           D

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from rlp_jax.config_schema import validate_config
+from rlp_jax.config import validate_config
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.data.corpora import load_documents
@@ -31,15 +31,17 @@ from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
 from rlp_jax.parallel.distributed import describe_process, is_primary_process
 from rlp_jax.parallel.mesh import make_mesh
-from rlp_jax.parallel.sharding import (batch_sharding, check_batch_divides, create_sharded_state,
-                                       process_rows, put_batch, replicated)
+from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides, process_rows,
+                                             put_batch, replicated)
+from rlp_jax.train.state_sharding import create_sharded_state
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.flops import next_token_step_flops, non_embedding_params, rlp_step_flops
 from rlp_jax.train.metrics_writer import MetricsWriter
 from rlp_jax.train.optimizer import make_optimizer
-from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
+from rlp_jax.data.special_tokens import special_tokens
+from rlp_jax.train.rlp_step import make_rlp_step
 from rlp_jax.train.state import TrainState
-from rlp_jax.train.step import make_train_step
+from rlp_jax.train.ntp_step import make_ntp_step
 
 
 @dataclasses.dataclass
@@ -131,15 +133,13 @@ def train(config: ml_collections.ConfigDict, workdir: str,
 
   flops_n = non_embedding_params(config.model)  # for the `step_flops` metric (train/flops.py)
   if use_rlp:
-    special = SpecialTokens(
-        think_start_id=tokenizer.think_start_id, think_end_id=tokenizer.think_end_id,
-        pad_id=tokenizer.pad_id, marker_ids=marker_token_ids(tokenizer, config.rlp))
+    special = special_tokens(tokenizer, config.rlp.position_marker)
     rlp_fns = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,
                             state_sharding, config.mesh.rules)
     train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens,
                                    config.rlp.thoughts_per_position, flops_n)
   else:
-    train_step = _timed(make_train_step(graphdef, tx, schedule, state_sharding,
+    train_step = _timed(make_ntp_step(graphdef, tx, schedule, state_sharding,
                                         config.mesh.rules), count_tokens, flops_n)
   evaluator = _make_evaluator(config, graphdef, tokenizer)
   history = []
@@ -188,22 +188,6 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
-
-
-def marker_token_ids(tokenizer: Any, rlp: ml_collections.ConfigDict) -> tuple[int, ...]:
-  """The token ids of `rlp.position_marker` as they appear inside a document ('' → ())."""
-  if not rlp.position_marker:
-    return ()
-  # Encoded after a newline, as the marker follows one in a document (sentencepiece would
-  # otherwise treat it as the start of a text), then cut off what the newline encodes to.
-  newline = tokenizer.encode('\n')
-  ids = tokenizer.encode('\n' + rlp.position_marker)
-  if ids[:len(newline)] == newline:
-    ids = ids[len(newline):]
-  if not ids:
-    raise ConfigError(f'config key `rlp.position_marker` ({rlp.position_marker!r}) encodes to no '
-                      'tokens')
-  return tuple(int(i) for i in ids)
 
 
 def _make_evaluator(config: ml_collections.ConfigDict, graphdef: Any, tokenizer: Any):

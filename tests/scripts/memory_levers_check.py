@@ -8,24 +8,26 @@ Prints one JSON line for tests/test_memory.py:
 """
 import json
 
-from rlp_jax.parallel import memory_plan
+from rlp_jax import dry_run
 
-memory_plan.simulate_cpu_devices(8)
+dry_run.simulate_cpu_devices(8)
 
 # pylint: disable=wrong-import-position
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from rlp_jax.config_schema import base_config  # noqa: E402
+from rlp_jax.config import base_config  # noqa: E402
 from rlp_jax.models import registry  # noqa: E402
 from rlp_jax.parallel.activation_sharding import activation_layout  # noqa: E402
-from rlp_jax.parallel.memory_plan import abstract_batch, abstract_state  # noqa: E402
+from rlp_jax.dry_run import abstract_batch, abstract_state  # noqa: E402
 from rlp_jax.parallel.mesh import make_mesh  # noqa: E402
-from rlp_jax.parallel.sharding import batch_sharding, param_shardings  # noqa: E402
+from rlp_jax.parallel.batch_sharding import batch_sharding
+from rlp_jax.train.state_sharding import param_shardings
 from rlp_jax.objective import next_token_loss  # noqa: E402
 from rlp_jax.train.optimizer import make_optimizer  # noqa: E402
-from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step  # noqa: E402
-from rlp_jax.train.step import document_positions  # noqa: E402
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_step import make_rlp_step
+from rlp_jax.models.registry import document_positions  # noqa: E402
 
 
 def config_for(family):

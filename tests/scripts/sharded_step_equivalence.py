@@ -9,12 +9,14 @@ import sys
 import jax
 import numpy as np
 
-from rlp_jax.config_schema import base_config
+from rlp_jax.config import base_config
 from rlp_jax.models import registry
 from rlp_jax.parallel.mesh import make_mesh
-from rlp_jax.parallel.sharding import batch_sharding, create_sharded_state, put_batch
+from rlp_jax.parallel.batch_sharding import batch_sharding, put_batch
+from rlp_jax.train.state_sharding import create_sharded_state
 from rlp_jax.train.optimizer import make_optimizer
-from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_step import make_rlp_step
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 4, 1), (2, 2, 2), (1, 2, 4)]
 

@@ -23,8 +23,9 @@ import math
 from typing import Any
 
 from rlp_jax.errors import DataError
-from rlp_jax.interop.tensor_map import (ConvKernel, Flattened, LinearKernel, TensorMapping, fused,
-                                        one)
+from rlp_jax.models.family import HFNames
+from rlp_jax.models.hf_names.tensor_map import (ConvKernel, Flattened, LinearKernel,
+                                                TensorMapping, fused, one)
 
 MODEL_TYPE = 'nemotron_h'
 ARCHITECTURE = 'NemotronHForCausalLM'
@@ -192,3 +193,8 @@ def model_config_from_nemotron_h(hf_config: dict[str, Any], where: str) -> dict[
     )
   except KeyError as e:
     raise DataError(f'{where}: missing key {e.args[0]!r}') from e
+
+
+NEMOTRON_H = HFNames(model_type=MODEL_TYPE, architecture=ARCHITECTURE,
+                     mappings=nemotron_h_mappings, hf_config=nemotron_h_hf_config,
+                     model_keys=model_config_from_nemotron_h, prefix_aliases=PREFIX_ALIASES)

@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from rlp_jax.errors import DataError
-from rlp_jax.interop.tensor_map import LinearKernel, TensorMapping, one
+from rlp_jax.models.family import HFNames
+from rlp_jax.models.hf_names.tensor_map import LinearKernel, TensorMapping, one
 
 MODEL_TYPE = 'qwen3'
 ARCHITECTURE = 'Qwen3ForCausalLM'
@@ -120,3 +121,8 @@ def model_config_from_qwen3(hf_config: dict[str, Any], where: str) -> dict[str, 
     )
   except KeyError as e:
     raise DataError(f'{where}: missing key {e.args[0]!r}') from e
+
+
+QWEN3 = HFNames(model_type=MODEL_TYPE, architecture=ARCHITECTURE, mappings=qwen3_mappings,
+                hf_config=qwen3_hf_config, model_keys=model_config_from_qwen3,
+                ignored=qwen3_ignored_tensors)

@@ -1,6 +1,6 @@
-"""The jitted, donated train step: one optax update on the next-token loss.
+"""The next-token step (no thoughts): one jitted, donated optax update on the next-token loss.
 
-The step is a pure function of (state, batch); `make_train_step` closes over the static pieces
+The step is a pure function of (state, batch); `make_ntp_step` closes over the static pieces
 (model graph, optimizer) and compiles once for the configured batch shape.
 """
 from __future__ import annotations
@@ -14,22 +14,17 @@ import optax
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
-from rlp_jax.parallel.sharding import StepJit
 from rlp_jax.train.state import TrainState, constrain_state
+from rlp_jax.train.state_sharding import StepJit
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-def document_positions(tokens: jax.Array) -> jax.Array:
-  """RoPE positions of right-padded document rows: 0..L-1 on every row."""
-  return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-
-
-def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    state_sharding: TrainState | None = None, rules: Any = None,
-                    ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-  """Returns `train_step(state, batch) -> (state, metrics)`, jitted with the state donated.
+def make_ntp_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                  state_sharding: TrainState | None = None, rules: Any = None,
+                  ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+  """Returns `ntp_step(state, batch) -> (state, metrics)`, jitted with the state donated.
 
   With `state_sharding` (on a mesh) the returned state keeps that layout; inputs arrive already
   sharded (the state from `create_sharded_state`, the batch from `put_batch`). With `rules` too
@@ -39,7 +34,8 @@ def make_train_step(graphdef: Any, tx: optax.GradientTransformation, schedule: o
 
   def loss_fn(params, batch):
     tokens, mask = batch['tokens'], batch['mask']
-    logits, _ = registry.forward(graphdef, params, tokens, document_positions(tokens), mask)
+    logits, _ = registry.forward(graphdef, params, tokens, registry.document_positions(tokens),
+                                 mask)
     loss, num_predicted = next_token_loss(logits, tokens, mask)
     return loss, num_predicted
 

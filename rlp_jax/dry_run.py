@@ -23,16 +23,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rlp_jax.config_schema import validate_config
+from rlp_jax.config import validate_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.parallel.mesh import MESH_AXES, make_mesh
-from rlp_jax.parallel.sharding import (batch_sharding, check_batch_divides, param_shardings,
-                                       state_shardings)
+from rlp_jax.parallel.batch_sharding import batch_sharding, check_batch_divides
+from rlp_jax.train.state_sharding import param_shardings, state_shardings
 from rlp_jax.train.optimizer import make_optimizer
-from rlp_jax.train.rlp_step import SpecialTokens, make_rlp_step
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.train.rlp_step import make_rlp_step
 from rlp_jax.train.state import TrainState, create_train_state
-from rlp_jax.train.step import make_train_step
+from rlp_jax.train.ntp_step import make_ntp_step
 
 GIB = 2**30
 
@@ -184,7 +185,7 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
       _, compiled['update'] = _compile(update_fn, state, batch, rollout)
     else:
       _, compiled['train_step'] = _compile(
-          make_train_step(graphdef, tx, schedule, state_sharding, config.mesh.rules), state,
+          make_ntp_step(graphdef, tx, schedule, state_sharding, config.mesh.rules), state,
           batch)
   return MemoryPlan(mesh=dict(zip(MESH_AXES, mesh.devices.shape)), num_devices=mesh.size,
                     num_params=registry.count_params(config.model), state_bytes=sizes,

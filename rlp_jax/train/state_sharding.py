@@ -1,4 +1,4 @@
-"""Shardings of the train state and the batch, and creating the state already sharded.
+"""Shardings of the train state, creating it already sharded, and the jitted step wrapper.
 
 θ, φ and the optimizer state are created inside one jit whose out_shardings come from the
 parameters' logical axes and the rules table, so no host ever holds a whole large model.
@@ -9,13 +9,12 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
-from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.parallel.logical_rules import rules_table, tree_shardings
+from rlp_jax.parallel.batch_sharding import batch_sharding, replicated
 from rlp_jax.train.state import TrainState, create_train_state
 
 
@@ -24,24 +23,6 @@ def param_shardings(model_config: ml_collections.ConfigDict, mesh: Mesh, rules) 
   _, shapes = registry.abstract_params(model_config)
   return tree_shardings(registry.param_logical_axes(model_config), shapes, mesh,
                         rules_table(rules))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, PartitionSpec())
-
-
-def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
-  """Documents split over the mesh axes of the logical `batch` axis; the rest replicated."""
-  batch_axes = rules_table(rules).get('batch', ())
-  spec = (batch_axes if len(batch_axes) != 1 else batch_axes[0]) if batch_axes else None
-  return NamedSharding(mesh, PartitionSpec(spec, *([None] * (ndim - 1))))
-
-
-def check_batch_divides(batch_size: int, mesh: Mesh, rules) -> None:
-  split = int(np.prod([mesh.shape[a] for a in rules_table(rules).get('batch', ())]))
-  if batch_size % split:
-    raise ConfigError(f'config key `data.batch_size` ({batch_size}) must be a multiple of the '
-                      f'mesh axes that shard the batch ({split} devices)')
 
 
 def state_shardings(abstract_state: TrainState, params_sharding: Any, tx: optax.GradientTransformation,
@@ -73,27 +54,6 @@ def create_sharded_state(model_config: ml_collections.ConfigDict, tx: optax.Grad
   abstract = jax.eval_shape(create)
   shardings = state_shardings(abstract, param_shardings(model_config, mesh, rules), tx, mesh)
   return jax.jit(create, out_shardings=shardings)(), shardings
-
-
-def process_rows(sharding: NamedSharding, batch_size: int) -> np.ndarray:
-  """The rows of the global batch this process's devices hold, in the order
-  `make_array_from_process_local_data` expects them (all rows on a single host; the same rows on
-  processes that are replicas of each other)."""
-  starts = sorted({index[0].start or 0
-                   for index in sharding.addressable_devices_indices_map((batch_size,)).values()})
-  rows_per_shard = sharding.shard_shape((batch_size,))[0]
-  return np.concatenate([np.arange(s, s + rows_per_shard) for s in starts])
-
-
-def put_batch(batch: dict[str, np.ndarray], sharding: NamedSharding,
-              batch_size: int | None = None) -> dict[str, jax.Array]:
-  """Global arrays of `batch_size` rows from this process's rows of the batch (`process_rows`).
-
-  Without `batch_size` the local rows are the whole batch (a single process)."""
-  def put(value: np.ndarray) -> jax.Array:
-    shape = None if batch_size is None else (batch_size,) + value.shape[1:]
-    return jax.make_array_from_process_local_data(sharding, value, shape)
-  return {name: put(value) for name, value in batch.items()}
 
 
 class StepJit:

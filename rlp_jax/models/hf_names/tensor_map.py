@@ -1,6 +1,6 @@
 """Hugging Face tensors ↔ rlp_jax parameters: names, layouts and conversions both ways.
 
-A family's name module (qwen3_names.py, nemotron_h_names.py) lists a `TensorMapping` per HF
+A family's name module (qwen3.py, nemotron_h.py) lists a `TensorMapping` per HF
 tensor covering every parameter leaf; the layouts here convert between the HF tensor and our
 arrays in both directions. One HF tensor may hold several of our parameters (Nemotron-H's fused
 Mamba2 `in_proj` = z | x | B | C | dt): those are split on load and concatenated on export.

@@ -1,28 +1,24 @@
-"""What a rollout hands to the updates, and the parts of the RLP step both prefix modes share:
-reward → group advantage → metrics (`finish_rollout`) and the combined update loss
-(`combine_update_loss`)."""
+"""One RLP rollout, for either prefix strategy: scored positions and the baseline evidence S_ema
+(φ), G thoughts per position and their reasoned evidence S_pred (θ_old), then reward
+(information gain) → group advantage → metrics. `Rollout` is what the updates of the batch need.
+"""
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from rlp_jax.objective import (clipped_surrogate, get_advantage_estimator, information_gain,
-                               kl_to_teacher, rlp_total_loss)
-from rlp_jax.rollout.reasoned_evidence import ScoredSequences
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.objective import get_advantage_estimator, information_gain
+from rlp_jax.rollout.baseline_evidence import scored_positions_and_baseline
+from rlp_jax.rollout.prefix_strategies import prefix_strategy
+from rlp_jax.rollout.reasoned_evidence import ScoredSequences, reasoned_evidence
 from rlp_jax.rollout.thought_sampler import Thoughts
 
-
-@dataclasses.dataclass(frozen=True)
-class SpecialTokens:
-  think_start_id: int
-  think_end_id: int
-  pad_id: int
-  # The token ids of `rlp.position_marker` ('after_marker' rule: score the token after them).
-  marker_ids: tuple[int, ...] = ()
+Batch = dict[str, jax.Array]
 
 
 @flax.struct.dataclass
@@ -48,7 +44,7 @@ def _masked_std(values: jax.Array, mask: jax.Array) -> jax.Array:
 def finish_rollout(sequences: ScoredSequences, thoughts: Thoughts, s_pred: jax.Array,
                    s_ema: jax.Array, position_valid: jax.Array,
                    rlp: ml_collections.ConfigDict) -> Rollout:
-  """Reward, group advantage and rollout metrics; the same for both prefix modes."""
+  """Reward, group advantage and rollout metrics; the same for both prefix strategies."""
   num_docs, k = position_valid.shape
   g = rlp.thoughts_per_position
   row_valid = jnp.repeat(position_valid.reshape(-1), g)  # [R]
@@ -74,22 +70,18 @@ def finish_rollout(sequences: ScoredSequences, thoughts: Thoughts, s_pred: jax.A
                  old_log_probs=thoughts.log_probs, advantages=advantages, metrics=metrics)
 
 
-def combine_update_loss(new_log_probs: jax.Array, teacher_log_probs: jax.Array | None,
-                        ntp_loss: jax.Array, rollout: Rollout, rlp: ml_collections.ConfigDict,
-                        ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """policy_loss + ntp_weight · ntp_loss (+ kl_weight · KL) and metrics, as `rlp_step.rlp_loss`."""
-  policy_loss, policy_metrics = clipped_surrogate(
-      new_log_probs, rollout.old_log_probs, rollout.advantages, rollout.thought_mask,
-      rlp.epsilon_low, rlp.epsilon_high)
-  # Average over the thoughts of scored positions only (skipped slots carry no tokens).
-  rows = rollout.thought_mask.shape[0]
-  valid_rows = jnp.sum(jnp.any(rollout.thought_mask, axis=1))
-  policy_loss = policy_loss * rows / jnp.maximum(valid_rows, 1)
-  if teacher_log_probs is None:
-    kl = jnp.zeros((), jnp.float32)
-  else:
-    kl = kl_to_teacher(new_log_probs, teacher_log_probs, rollout.thought_mask)
-  total = rlp_total_loss(policy_loss, ntp_loss, kl, rlp.ntp_weight, rlp.kl_weight)
-  metrics = dict(policy_metrics, policy_loss=policy_loss, ntp_loss=ntp_loss, kl_to_teacher=kl,
-                 total_loss=total)
-  return total, metrics
+def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Array, batch: Batch,
+                  model_config: ml_collections.ConfigDict, rlp: ml_collections.ConfigDict,
+                  special: SpecialTokens) -> Rollout:
+  """Positions and S_ema (teacher) → thoughts (θ_old) → S_pred → reward → group advantage, with
+  the prefix strategy of `rlp.prefix_mode`."""
+  tokens, mask = batch['tokens'], batch['mask']
+  key_positions, key_sample = jax.random.split(key)
+  positions, position_valid, s_ema = scored_positions_and_baseline(
+      graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids)
+  s_ema = jnp.repeat(s_ema.reshape(-1), rlp.thoughts_per_position)  # [R]
+  sequences, thoughts, s_pred = reasoned_evidence(
+      prefix_strategy(rlp.prefix_mode), graphdef, params, model_config, key_sample, tokens, mask,
+      positions, rlp.thoughts_per_position, rlp.max_thought_tokens, rlp.sample_temperature,
+      special)
+  return finish_rollout(sequences, thoughts, s_pred, s_ema, position_valid, rlp)

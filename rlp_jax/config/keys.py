@@ -1,0 +1,188 @@
+"""Every config key rlp_jax knows, declared once: default, allowed values or range, one-line doc.
+
+The type of a key is its default's (an int is accepted for a float key). Where an implementation
+keeps its own table of names (model families, remat modes, dtypes, corpora, tokenizer kinds,
+advantage estimators, position rules, prefix strategies) the key takes its choices from that
+table, so adding a choice is one edit there. This package sits above data/, models/, objective/
+and rollout/; none of them imports rlp_jax.config. Relations between keys (a head count dividing
+another, a marker required by a rule, a family's own keys) are checked in relations.py.
+
+Regenerate the table in docs/configuration.md after an edit here:
+`python -m rlp_jax.config --update-docs`.
+"""
+from __future__ import annotations
+
+from rlp_jax.config.axis_rules import DEFAULT_LOGICAL_AXIS_RULES
+from rlp_jax.config.declaration import (FRACTION, MESH_SIZE, NON_NEGATIVE, POSITIVE, Key, Range,
+                                        at_least)
+from rlp_jax.data.corpora import CORPORA
+from rlp_jax.data.reasoning_corpus import WORKED_FRACTION
+from rlp_jax.data.tokenizer import TOKENIZER_KINDS
+from rlp_jax.models.layers import DTYPES, REMAT_CHOICES
+from rlp_jax.models.registry import FAMILIES
+from rlp_jax.objective.advantage import ADVANTAGE_ESTIMATORS
+from rlp_jax.rollout.positions import POSITION_RULES
+from rlp_jax.rollout.prefix_strategies import PREFIX_STRATEGIES
+
+# Choices no implementation table holds (the code reading the key tests these names).
+OPTIMIZER_SCHEDULES = ('cosine', 'constant')
+TRUNCATED_THOUGHTS = ('keep', 'no_gradient')
+
+# Section name → one-line doc ('' holds the top-level keys). The order is base_config()'s.
+SECTIONS = {
+    '': 'the run',
+    'data': 'the corpus and the document batches',
+    'tokenizer': 'the tokenizer (docs/models.md, "Tokenizers")',
+    'model': 'the model family and its sizes (docs/models.md)',
+    'optimizer': 'AdamW with linear warmup, then a cosine or constant schedule',
+    'rlp': 'the RLP objective (docs/objective.md); paper settings: presets.paper_rlp',
+    'mesh': 'device mesh and sharding (docs/scaling.md)',
+    'train': 'the training loop',
+    'eval': 'held-out evaluation (docs/evaluation.md)',
+}
+
+KEYS: tuple[Key, ...] = (
+    Key('seed', 0, 'seed of the run: parameter init, document order, rollout sampling',
+        bounds=NON_NEGATIVE),
+
+    Key('data.corpus', 'reasoning', "`reasoning`: the embedded reasoning generator; "
+        '`local_text`: the files of `data.files`', choices=CORPORA),
+    Key('data.data_dir', '', "where corpora and tokenizers are cached; '' → $RLP_JAX_DATA_DIR "
+        'or ~/.cache/rlp_jax/data'),
+    Key('data.num_documents', 20000, 'size of the embedded reasoning corpus', bounds=POSITIVE),
+    Key('data.corpus_seed', 0, 'seed of the embedded reasoning corpus', bounds=NON_NEGATIVE),
+    Key('data.worked_fraction', WORKED_FRACTION, 'share of embedded-corpus documents that show '
+        'worked `<think>` steps (0: answer-only)', bounds=NON_NEGATIVE),
+    Key('data.files', '', "comma-separated .txt / .jsonl paths or globs for corpus "
+        "`local_text` (a .txt file is one document, a .jsonl line is one)"),
+    Key('data.text_field', 'text', 'the jsonl field holding the document text'),
+    Key('data.seq_len', 96, 'tokens per document row (truncated / padded)', bounds=at_least(2)),
+    Key('data.batch_size', 8, 'documents per step', bounds=POSITIVE),
+
+    Key('tokenizer.kind', 'sentencepiece', '`sentencepiece` (trained on the corpus, or a .model '
+        'at `path`) or `hf_json` (a Hugging Face tokenizer.json at `path`)',
+        choices=TOKENIZER_KINDS),
+    Key('tokenizer.path', '', "'' → a sentencepiece model trained on the corpus at first use and "
+        'cached under data_dir; for hf_json the file or its directory'),
+    Key('tokenizer.vocab_size', 512, 'size of a trained sentencepiece vocabulary (hf_json: the '
+        'file decides)', bounds=POSITIVE),
+
+    Key('model.family', 'dense', '`dense` (Qwen3) or `hybrid` (Nemotron-H: Mamba2 + attention + '
+        'MLP)', choices=FAMILIES),
+    Key('model.init_from', '', "'' random init; a Hugging Face model dir or an rlp_jax "
+        'checkpoint dir'),
+    Key('model.vocab_size', 512, 'rows of the embedding; ≥ the tokenizer vocabulary',
+        bounds=POSITIVE),
+    Key('model.hidden_size', 128, 'width of the residual stream', bounds=POSITIVE),
+    Key('model.intermediate_size', 384, 'width of the MLP', bounds=POSITIVE),
+    Key('model.num_layers', 4, 'decoder layers (hybrid: the length of `layer_pattern`)',
+        bounds=POSITIVE),
+    Key('model.num_heads', 4, 'attention query heads', bounds=POSITIVE),
+    Key('model.num_kv_heads', 2, 'key/value heads (grouped-query attention; divides num_heads)',
+        bounds=POSITIVE),
+    Key('model.head_dim', 32, 'size of one attention head', bounds=POSITIVE),
+    Key('model.rope_theta', 1_000_000.0, 'RoPE base θ (dense)', bounds=POSITIVE),
+    Key('model.norm_eps', 1e-6, 'RMSNorm epsilon', bounds=POSITIVE),
+    Key('model.tie_embeddings', True, 'the output head is the transposed embedding'),
+    Key('model.param_dtype', 'float32', 'dtype parameters are stored in', choices=DTYPES),
+    Key('model.compute_dtype', 'float32', 'dtype of activations and matmuls', choices=DTYPES),
+    Key('model.init_std', 0.02, 'std of the random normal init', bounds=POSITIVE),
+    Key('model.remat', 'block', "`block`: each decoder layer is recomputed in the backward pass "
+        '(only the residual stream between layers is kept); `none`: every activation is kept',
+        choices=REMAT_CHOICES),
+    Key('model.layer_pattern', '', 'hybrid only: one character per layer, M Mamba2, * attention '
+        '(no RoPE), - MLP (squared ReLU); each layer is x + mixer(RMSNorm(x))'),
+    Key('model.mamba_num_heads', 0, 'hybrid: Mamba2 heads (> 0 when the pattern has M)'),
+    Key('model.mamba_head_dim', 0, 'hybrid: size of one Mamba2 head (> 0 with M layers)'),
+    Key('model.ssm_state_size', 0, 'hybrid: Mamba2 SSM state size (> 0 with M layers)'),
+    Key('model.mamba_n_groups', 1, 'hybrid: Mamba2 B/C groups (divides mamba_num_heads)'),
+    Key('model.mamba_conv_kernel', 4, 'hybrid: width of the depthwise causal conv'),
+    Key('model.mamba_chunk_size', 128, 'hybrid: chunk length of the SSD scan'),
+    Key('model.mamba_dt_limit_min', 0.0, 'hybrid: dt = clamp(softplus(dt + dt_bias), min, max)'),
+    Key('model.mamba_dt_limit_max', float('inf'), 'hybrid: upper dt clamp (≥ mamba_dt_limit_min)'),
+
+    Key('optimizer.learning_rate', 3e-3, 'peak learning rate', bounds=POSITIVE),
+    Key('optimizer.schedule', 'cosine', 'after the linear warmup: `cosine` decay or `constant`',
+        choices=OPTIMIZER_SCHEDULES),
+    Key('optimizer.warmup_steps', 20, 'optimizer steps of linear warmup from 0',
+        bounds=NON_NEGATIVE),
+    Key('optimizer.final_lr_fraction', 0.1, 'cosine ends at learning_rate × final_lr_fraction',
+        bounds=FRACTION),
+    Key('optimizer.weight_decay', 0.01, 'AdamW decoupled weight decay', bounds=NON_NEGATIVE),
+    Key('optimizer.b1', 0.9, 'Adam β1'),
+    Key('optimizer.b2', 0.95, 'Adam β2'),
+    Key('optimizer.eps', 1e-8, 'Adam ε', bounds=POSITIVE),
+    Key('optimizer.grad_clip_norm', 1.0, 'global gradient-norm clip', bounds=POSITIVE),
+
+    Key('rlp.enabled', True, 'False: plain next-token pretraining (no teacher in the state)'),
+    Key('rlp.positions_per_document', 2, 'K scored positions per document', bounds=POSITIVE),
+    Key('rlp.thoughts_per_position', 4, 'G thoughts per position: the advantage group, compared '
+        'within (paper 16)', bounds=at_least(2)),
+    Key('rlp.max_thought_tokens', 24, 'T: `</think>` is forced after T sampled tokens (paper up '
+        'to 2048)', bounds=POSITIVE),
+    Key('rlp.min_context', 8, 'tokens of history required before a scored position (< seq_len)',
+        bounds=POSITIVE),
+    Key('rlp.sample_temperature', 0.7, 'sampling temperature of thoughts; 0 samples greedily',
+        bounds=NON_NEGATIVE),
+    Key('rlp.ema_decay', 0.9, 'τ of the teacher φ ← τ φ + (1 − τ) θ (paper 0.999 from a base '
+        'model; the tiny model learns from scratch, see configs/tiny.py)', bounds=FRACTION),
+    Key('rlp.epsilon_low', 0.2, 'clip band of the importance ratio: [1 − ε_low, 1 + ε_high]',
+        bounds=Range(low=0, high=1, high_open=True)),
+    Key('rlp.epsilon_high', 0.2, 'upper side of the clip band', bounds=NON_NEGATIVE),
+    Key('rlp.ntp_weight', 1.0, 'weight of the next-token loss in the combined update (paper 0)',
+        bounds=NON_NEGATIVE),
+    Key('rlp.kl_weight', 0.0, 'weight of KL(θ‖φ) on thought tokens (paper 0)',
+        bounds=NON_NEGATIVE),
+    Key('rlp.updates_per_rollout', 1, 'optimizer steps taken on one rollout batch',
+        bounds=POSITIVE),
+    Key('rlp.advantage_estimator', 'group', '`group`, `leave_one_out` (the same number), '
+        '`group_std` (÷ group std, GRPO), `batch_std` (÷ batch std of group-centred rewards); '
+        'docs/objective.md step 6', choices=ADVANTAGE_ESTIMATORS),
+    Key('rlp.position_rule', 'uniform', 'how the K positions are drawn: uniformly, ∝ the EMA '
+        "teacher's loss / entropy there, or the token after `position_marker`; docs/objective.md "
+        'step 1', choices=POSITION_RULES),
+    Key('rlp.position_marker', '', "the text whose following token `after_marker` scores, e.g. "
+        "'Answer: '"),
+    Key('rlp.truncated_thoughts', 'keep', 'thoughts that reach T without `</think>`: `keep` their '
+        'advantage, or `no_gradient` (advantage 0, as DAPO overlong filtering); docs/objective.md '
+        'step 6',
+        choices=TRUNCATED_THOUGHTS),
+    Key('rlp.prefix_mode', 'shared', '`shared`: one document pass serves all K·G rollouts '
+        '(attention K/V and Mamba2 states shared); `naive`: re-encode `x_<t` per rollout (the '
+        'reference)', choices=PREFIX_STRATEGIES),
+
+    Key('mesh.data', -1, 'data-parallel replicas (−1: all devices left over)', bounds=MESH_SIZE),
+    Key('mesh.fsdp', 1, 'parameters, gradients and optimizer state sharded over this axis',
+        bounds=MESH_SIZE),
+    Key('mesh.tensor', 1, 'tensor parallelism (heads, MLP, vocab)', bounds=MESH_SIZE),
+    Key('mesh.rules', DEFAULT_LOGICAL_AXIS_RULES, 'logical axis name → mesh axes (None: '
+        'replicated), for parameters and activations',
+        shown_default='`DEFAULT_LOGICAL_AXIS_RULES` (below)'),
+
+    Key('train.num_steps', 200, 'batches; the optimizer takes num_steps · updates_per_rollout '
+        'steps', bounds=POSITIVE),
+    Key('train.log_every', 1, 'write metrics every N batches', bounds=POSITIVE),
+    Key('train.checkpoint_every', 50, 'save a checkpoint every N batches', bounds=POSITIVE),
+    Key('train.keep_checkpoints', 3, 'checkpoints kept on disk', bounds=POSITIVE),
+    Key('train.progress_bar', True, 'show the progress bar (process 0)'),
+    Key('train.eval_every', 0, 'run the evaluator (config.eval) every N batches and at the end; '
+        '0: never', bounds=NON_NEGATIVE),
+
+    Key('eval.num_documents', 64, 'held-out documents (validation split) for next-token loss '
+        'and gain', bounds=NON_NEGATIVE),
+    Key('eval.num_problems', 64, 'held-out problems per accuracy source', bounds=NON_NEGATIVE),
+    Key('eval.benchmarks', '', 'comma-separated jsonl files (GSM8K or MATH format) scored for '
+        'accuracy'),
+    Key('eval.vote_samples', 4, 'k sampled thoughts per problem for the majority vote',
+        bounds=POSITIVE),
+    Key('eval.thoughts_per_position', 4, 'thoughts per position for the sampled information gain',
+        bounds=POSITIVE),
+    Key('eval.max_answer_tokens', 12, 'an answer ends at a newline, eos, or after this many '
+        'tokens', bounds=POSITIVE),
+    Key('eval.rows_per_call', 64, 'generation rows per jitted call (fixed, so each phase '
+        'compiles once)', bounds=POSITIVE),
+    Key('eval.seed', 0, 'positions and sampled thoughts of the evaluation (the same for every '
+        'checkpoint)', bounds=NON_NEGATIVE),
+)
+
+KEYS_BY_NAME: dict[str, Key] = {key.name: key for key in KEYS}

@@ -1,0 +1,91 @@
+"""The decoder tail every family shares: embed → layers → final RMSNorm → logits.
+
+  x = token_embedding(tokens)
+  x = layers(x)                         (family-specific: `build_layers`, `run_layers`)
+  logits = lm_head(final_norm(x))       (lm_head tied to the embedding or separate, by config)
+
+Parameter tree (logical axes in brackets), the same for every family:
+  token_embedding.embedding [vocab, embed]
+  layers[i].*                           (the family's layer modules)
+  final_norm.scale [norm]
+  lm_head.kernel [embed, vocab]         (absent when tied)
+Parameters are created in that order (embedding, layers, final norm, head), which fixes the random
+initialisation of each seed. `residual_stream` runs embedding and layers (x before the final
+norm); `output_logits` applies the final norm and lm head, so a caller can take logits of only
+the columns it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rlp_jax.models.layers import (LOGITS_AXES, Embedding, Projection, RMSNorm, remat_option,
+                                   resolve_dtype)
+from rlp_jax.parallel.activation_sharding import constrain
+
+
+class Decoder(nnx.Module):
+  """Base decoder; `__call__` returns fp32 logits and the updated cache (or None).
+
+  A family subclasses it with `build_layers` (the layer modules, in order) and `run_layers` (the
+  residual stream through them, with or without a decode cache); `final_norm_scale_in_fp32`
+  picks the final RMSNorm's flavour (see layers.RMSNorm).
+  """
+  final_norm_scale_in_fp32: bool = False
+
+  def __init__(self, config: Any, rngs: nnx.Rngs):
+    param_dtype = resolve_dtype(config.param_dtype, 'model.param_dtype')
+    compute_dtype = resolve_dtype(config.compute_dtype, 'model.compute_dtype')
+    self.tie_embeddings = bool(config.tie_embeddings)
+    self.remat = remat_option(config)
+    common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                  rngs=rngs)
+    self.token_embedding = Embedding(config.vocab_size, config.hidden_size, **common)
+    self.layers = nnx.List(self.build_layers(config, param_dtype=param_dtype,
+                                             compute_dtype=compute_dtype, rngs=rngs))
+    self.final_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype,
+                              scale_in_fp32=self.final_norm_scale_in_fp32)
+    if not self.tie_embeddings:
+      self.lm_head = Projection('ble,ev->blv', (config.hidden_size, config.vocab_size),
+                                ('embed', 'vocab'), output_dtype=jnp.float32, **common)
+
+  def build_layers(self, config: Any, *, param_dtype: Any, compute_dtype: Any,
+                   rngs: nnx.Rngs) -> list[nnx.Module]:
+    """The family's layer modules, in order (stored as `layers`)."""
+    raise NotImplementedError
+
+  def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
+                 cache: Any | None) -> tuple[jax.Array, Any | None]:
+    """Embedded tokens x [B, L, E] through every layer: (residual stream, updated cache or None).
+    Without a cache the layers follow `self.remat`."""
+    raise NotImplementedError
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """fp32 logits [B, L, V] from final-normed hidden states."""
+    if self.tie_embeddings:
+      return self.token_embedding.attend(hidden)
+    return constrain(self.lm_head(hidden), LOGITS_AXES)
+
+  def output_logits(self, x: jax.Array) -> jax.Array:
+    """fp32 logits [B, L, V] from the residual stream (final norm, then lm head)."""
+    return self.logits(self.final_norm(x))
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array,
+               token_mask: jax.Array | None = None, cache: Any | None = None,
+               ) -> tuple[jax.Array, Any | None]:
+    """tokens/positions int32 [B, L], token_mask bool [B, L] (None: all real)."""
+    x, cache = self.residual_stream(tokens, positions, token_mask, cache)
+    return self.output_logits(x), cache
+
+  def residual_stream(self, tokens: jax.Array, positions: jax.Array,
+                      token_mask: jax.Array | None = None, cache: Any | None = None,
+                      ) -> tuple[jax.Array, Any | None]:
+    """The residual stream after the last layer [B, L, E] (before the final norm) and the
+    updated cache (None without one). Without a cache the layers follow `model.remat`."""
+    if token_mask is None:
+      token_mask = jnp.ones(tokens.shape, jnp.bool_)
+    return self.run_layers(self.token_embedding(tokens), positions, token_mask, cache)

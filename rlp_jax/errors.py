@@ -11,3 +11,12 @@ class ConfigError(UserInputError):
 
 class DataError(UserInputError):
   """A data file or directory is missing or unreadable."""
+
+
+class NonFiniteError(UserInputError):
+  """The run stopped after `train.max_nonfinite_steps` non-finite steps in a row (the settings,
+  usually the learning rate, need changing); the last finite state is checkpointed."""
+
+
+class WorkdirError(UserInputError):
+  """The --workdir cannot be used: a file, under a file, or not writable."""

@@ -181,10 +181,10 @@ def transformers_greedy(model, documents, positions, think_start_id, steps):
   return np.stack(rows)
 
 
-@pytest.mark.parametrize('family,tie_embeddings', [
-    pytest.param('dense', True, marks=pytest.mark.slow), ('dense', False),
-    pytest.param('hybrid', False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('family,tie_embeddings', [('dense', True), ('dense', False),
+                                                   ('hybrid', False)])
 @pytest.mark.parity
+@pytest.mark.slow
 def test_export_then_transformers_generates_like_our_sampler(tmp_path, family, tie_embeddings):
   config = (dense_config if family == 'dense' else hybrid_config)(tie_embeddings=tie_embeddings)
   graphdef, params = registry.init_params(config, seed=0)

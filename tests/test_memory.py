@@ -89,7 +89,8 @@ def test_remat_is_validated_with_the_key_name():
     registry.init_params(model, seed=0)
 
 
-@pytest.mark.parametrize('family', ['dense', pytest.param('hybrid', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.slow
 def test_logits_from_hidden_equal_forward_logits(family):
   config = model_config(family)
   graphdef, params = registry.init_params(config, seed=1)

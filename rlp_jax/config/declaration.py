@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 import dataclasses
+import math
 from typing import Any
 
 
@@ -63,7 +64,8 @@ class Key:
 
   `choices` is kept by reference, so a registry dict (e.g. the advantage estimators) that gains
   an entry after import is seen by validation. `shown_default` replaces the default in the docs
-  table when the value is too long to print there.
+  table when the value is too long to print there. A float key takes finite values only (NaN and
+  ±inf are rejected) unless `infinity_ok`, which admits +inf (e.g. "no upper limit").
   """
   name: str
   default: Any
@@ -71,6 +73,7 @@ class Key:
   choices: Collection[Any] | None = None
   bounds: Range | None = None
   shown_default: str | None = None
+  infinity_ok: bool = False
 
   def __post_init__(self):
     if self.name.count('.') > 1:
@@ -81,6 +84,8 @@ class Key:
       raise ValueError(f'config key `{self.name}`: default {self.default!r} is not a choice')
     if self.bounds is not None and not self.bounds.contains(self.default):
       raise ValueError(f'config key `{self.name}`: default {self.default!r} is out of bounds')
+    if self._not_finite(self.default):
+      raise ValueError(f'config key `{self.name}`: default {self.default!r} is not finite')
 
   @property
   def section(self) -> str:
@@ -104,11 +109,20 @@ class Key:
 
   def value_error(self, value: Any) -> str | None:
     """The one-line message when `value` (of the right type) is not allowed, else None."""
+    if self._not_finite(value):
+      return (f'config key `{self.name}` must be a finite number'
+              f"{' or inf' if self.infinity_ok else ''}, got {value!r}")
     if self.choices is not None and value not in self.choices:
       return f'config key `{self.name}` must be one of {list(self.choices)}, got {value!r}'
     if self.bounds is not None and not self.bounds.contains(value):
       return f'config key `{self.name}` must be {self.bounds.describe()}, got {value!r}'
     return None
+
+  def _not_finite(self, value: Any) -> bool:
+    """NaN or ±inf, except +inf on an `infinity_ok` key."""
+    if not isinstance(value, float) or math.isfinite(value):
+      return False
+    return not (self.infinity_ok and value == math.inf)
 
 
 def _type_ok(value: Any, default: Any) -> bool:

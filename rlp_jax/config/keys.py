@@ -99,7 +99,8 @@ KEYS: tuple[Key, ...] = (
     Key('model.mamba_conv_kernel', 4, 'hybrid: width of the depthwise causal conv'),
     Key('model.mamba_chunk_size', 128, 'hybrid: chunk length of the SSD scan'),
     Key('model.mamba_dt_limit_min', 0.0, 'hybrid: dt = clamp(softplus(dt + dt_bias), min, max)'),
-    Key('model.mamba_dt_limit_max', float('inf'), 'hybrid: upper dt clamp (≥ mamba_dt_limit_min)'),
+    Key('model.mamba_dt_limit_max', float('inf'), 'hybrid: upper dt clamp (≥ mamba_dt_limit_min)',
+        infinity_ok=True),
 
     Key('optimizer.learning_rate', 3e-3, 'peak learning rate', bounds=POSITIVE),
     Key('optimizer.schedule', 'cosine', 'after the linear warmup: `cosine` decay or `constant`',
@@ -165,6 +166,9 @@ KEYS: tuple[Key, ...] = (
     Key('train.checkpoint_every', 50, 'save a checkpoint every N batches', bounds=POSITIVE),
     Key('train.keep_checkpoints', 3, 'checkpoints kept on disk', bounds=POSITIVE),
     Key('train.progress_bar', True, 'show the progress bar (process 0)'),
+    Key('train.max_nonfinite_steps', 10, 'stop the run (with a checkpoint of the last finite '
+        'state) after this many batches in a row whose update was skipped for a non-finite loss, '
+        'gradient norm or update', bounds=POSITIVE),
     Key('train.eval_every', 0, 'run the evaluator (config.eval) every N batches and at the end; '
         '0: never', bounds=NON_NEGATIVE),
 

@@ -33,6 +33,11 @@ def validate_relations(config: ml_collections.ConfigDict) -> None:
   if rlp.min_context >= data.seq_len:
     raise ConfigError(f'config key `rlp.min_context` ({rlp.min_context}) must be < '
                       f'`data.seq_len` ({data.seq_len})')
+  scorable = data.seq_len - rlp.min_context  # positions t with min_context <= t < seq_len
+  if rlp.positions_per_document > scorable:
+    raise ConfigError(f'config key `rlp.positions_per_document` ({rlp.positions_per_document}) '
+                      f'must be <= `data.seq_len` - `rlp.min_context` ({data.seq_len} - '
+                      f'{rlp.min_context} = {scorable}), the positions a row can score')
   if rlp.position_rule == 'after_marker' and not rlp.position_marker:
     raise ConfigError("config key `rlp.position_marker` must be set when `rlp.position_rule` is "
                       "'after_marker' (e.g. 'Answer: ')")

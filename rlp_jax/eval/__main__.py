@@ -34,7 +34,9 @@ def main(argv: list[str]) -> None:
     fail('--workdir is required (the run directory to evaluate)')
   from rlp_jax.eval.checkpoint_eval import evaluate_checkpoint  # pylint: disable=import-outside-toplevel
   from rlp_jax.eval.evaluator import format_table  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train import startup_checks  # pylint: disable=import-outside-toplevel
   try:
+    startup_checks.check_workdir(_WORKDIR.value)  # a file, or under one: one line, nothing loaded
     report = evaluate_checkpoint(config, _WORKDIR.value, _STEP.value, _LIMIT.value)
   except UserInputError as error:
     fail(str(error))

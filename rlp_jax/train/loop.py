@@ -26,7 +26,7 @@ from rlp_jax.config import validate_config
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.data.corpora import load_documents
-from rlp_jax.errors import ConfigError
+from rlp_jax.errors import ConfigError, NonFiniteError
 from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
 from rlp_jax.parallel.distributed import describe_process, is_primary_process
@@ -34,6 +34,7 @@ from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides, process_rows,
                                              put_batch, replicated)
 from rlp_jax.train.state_sharding import create_sharded_state
+from rlp_jax.train.startup_checks import check_documents, check_workdir, prepare_workdir
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.flops import next_token_step_flops, non_embedding_params, rlp_step_flops
 from rlp_jax.train.metrics_writer import MetricsWriter
@@ -82,10 +83,10 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   schedule still follows `num_steps`, so a later call resumes exactly where this one stopped.
   """
   validate_config(config)
-  workdir = os.path.abspath(workdir)
+  workdir = check_workdir(workdir)  # one line for a file / under a file / unwritable workdir
   tqdm.write(f'[rlp_jax] {describe_process()}')  # once per host
   if is_primary_process():
-    os.makedirs(workdir, exist_ok=True)
+    prepare_workdir(workdir)
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
 
@@ -96,6 +97,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                       f'the tokenizer vocabulary ({tokenizer.vocab_size})')
   batches = DocumentBatches(documents, tokenizer, config.data.batch_size, config.data.seq_len,
                             seed=config.seed)
+  check_documents(batches, getattr(documents, 'description', 'the configured corpus'),
+                  config.rlp.enabled, config.rlp.min_context)  # before anything compiles
 
   num_steps = config.train.num_steps
   use_rlp = config.rlp.enabled
@@ -150,14 +153,18 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                   disable=not (config.train.progress_bar and is_primary_process()),
                   dynamic_ncols=True)
   stop_request = _StopRequest()
+  nonfinite_in_a_row = 0  # steps whose update was skipped as non-finite (train/nonfinite.py)
+  diverged = False
   try:
     with stop_request:
-      while step < last_step and not stop_request.requested:
+      while step < last_step and not stop_request.requested and not diverged:
         batch = put_batch(batches.batch(position, rows=local_rows), documents_sharding,
                           config.data.batch_size)
         state, metrics = train_step(state, batch)
         step, position = step + 1, position + 1
         history.append(metrics)
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0
+        diverged = nonfinite_in_a_row >= config.train.max_nonfinite_steps
         evaluated = evaluator is not None and (step % config.train.eval_every == 0
                                                or step == num_steps)
         if evaluated:
@@ -166,16 +173,24 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           metrics = dict(metrics, **{f'eval/{k}': v for k, v in eval_metrics.items()})
           _say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
         if (step % config.train.log_every == 0 or step == last_step or stop_request.requested
-            or evaluated):
+            or evaluated or diverged):
           writer.write(step, metrics)
         progress.set_postfix(_progress_fields(metrics), refresh=False)
         progress.update(1)
-        checkpointer.maybe_save(step, state, force=step == last_step or stop_request.requested)
+        # A skipped step leaves θ, φ and the optimizer state as they were: what is saved here is
+        # always the last finite state.
+        checkpointer.maybe_save(step, state,
+                                force=step == last_step or stop_request.requested or diverged)
   finally:
     progress.close()
     checkpointer.close()
     writer.close()
 
+  if diverged:
+    raise NonFiniteError(
+        f'stopped at step {step}: the loss, gradient norm or update was not finite in the last '
+        f'{nonfinite_in_a_row} steps (config key `train.max_nonfinite_steps`), which were skipped; '
+        f'checkpoint {step} holds the last finite state (lower `optimizer.learning_rate`?)')
   if stop_request.requested:
     _say(f'interrupted at step {step}; checkpoint saved, rerun the same command to resume')
     raise KeyboardInterrupt
@@ -276,6 +291,9 @@ def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
   metrics = {k: float(v) for k, v in rollout_metrics.items()}
   for name in per_update[0]:
     metrics[name] = float(np.mean([m[name] for m in per_update]))
+  # Skipped when any update of the batch was; the running count after the last update.
+  metrics['nonfinite_step'] = float(max(m['nonfinite_step'] for m in per_update))
+  metrics['nonfinite_steps'] = float(per_update[-1]['nonfinite_steps'])
   metrics['clip_fraction_last_update'] = float(per_update[-1]['clip_fraction'])
   metrics['rollout_tokens_per_s'] = metrics['thought_tokens'] / rollout_seconds
   document_tokens = float(count_tokens(batch['mask']))
@@ -299,6 +317,7 @@ def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
 
 def run_summary(history: list[dict[str, float]]) -> list[str]:
   """First steps vs last steps of this run, for the metrics that show what thinking buys."""
+  history = [m for m in history if not m.get('nonfinite_step')]  # skipped steps carry NaN
   if not history:
     return []
   span = max(1, len(history) // 10)

@@ -1,7 +1,8 @@
 """The next-token step (no thoughts): one jitted, donated optax update on the next-token loss.
 
 The step is a pure function of (state, batch); `make_ntp_step` closes over the static pieces
-(model graph, optimizer) and compiles once for the configured batch shape.
+(model graph, optimizer) and compiles once for the configured batch shape. An update whose loss,
+gradient norm or update is not finite is skipped (train/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import optax
 from rlp_jax.models import registry
 from rlp_jax.objective.next_token import next_token_loss
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
+from rlp_jax.train.nonfinite import keep_finite_update
 from rlp_jax.train.state import TrainState, constrain_state
 from rlp_jax.train.state_sharding import StepJit
 
@@ -46,14 +48,17 @@ def make_ntp_step(graphdef: Any, tx: optax.GradientTransformation, schedule: opt
                                                                                batch)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.global_norm(grads)
     metrics = {
         'ntp_loss': loss,
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': grad_norm,
         'learning_rate': jnp.asarray(schedule(state.step), jnp.float32),
         'predicted_tokens': num_predicted,
     }
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                               data_position=state.data_position + 1)
-    return constrain_state(new_state, state_sharding), metrics
+    # A non-finite loss, gradient norm or update keeps θ and the optimizer state.
+    new_state, skipped = keep_finite_update(state, new_state, loss, grad_norm, updates)
+    return constrain_state(new_state, state_sharding), dict(metrics, **skipped)
 
   return StepJit(train_step, state_sharding, rules)

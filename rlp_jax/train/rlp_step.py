@@ -6,6 +6,7 @@ loss.
 `make_rlp_step` returns two jitted pure functions, each compiled once:
   rollout(state, batch) -> (state, Rollout)    key and data position advanced; no gradient
   update(state, batch, rollout) -> (state, metrics)                     state donated
+An update whose loss, gradient norm or update is not finite is skipped (train/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.rollout.rlp_rollout import Rollout, rollout_batch
 from rlp_jax.train.ema import ema_update
+from rlp_jax.train.nonfinite import keep_finite_update
 from rlp_jax.train.rlp_loss import rlp_loss
 from rlp_jax.train.state import TrainState, constrain_state
 from rlp_jax.train.state_sharding import StepJit
@@ -49,15 +51,18 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
              rollout_data: Rollout) -> tuple[TrainState, dict[str, jax.Array]]:
     grad_fn = jax.value_and_grad(rlp_loss, has_aux=True)
     with activation_layout(mesh, rules):
-      (_, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
-                                    rollout_data, rlp)
+      (loss, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
+                                       rollout_data, rlp)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     teacher = ema_update(state.teacher_params, params, rlp.ema_decay)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+    grad_norm = optax.global_norm(grads)
+    metrics = dict(metrics, grad_norm=grad_norm,
                    learning_rate=jnp.asarray(schedule(state.step), jnp.float32))
-    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                          teacher_params=teacher)
-    return constrain_state(state, state_sharding), metrics
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              teacher_params=teacher)
+    # A non-finite loss, gradient norm or update keeps θ, φ and the optimizer state.
+    new_state, skipped = keep_finite_update(state, new_state, loss, grad_norm, updates)
+    return constrain_state(new_state, state_sharding), dict(metrics, **skipped)
 
   return StepJit(rollout, state_sharding, rules), StepJit(update, state_sharding, rules)

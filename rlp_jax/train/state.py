@@ -11,8 +11,9 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-  """θ, the EMA teacher φ (None without RLP), optimizer state, step, the training key and the data
-  position (index of the next batch).
+  """θ, the EMA teacher φ (None without RLP), optimizer state, step, the training key, the data
+  position (index of the next batch) and the count of updates skipped as non-finite
+  (train/nonfinite.py).
 
   The key is stored as raw uint32 key data so that checkpoints hold plain arrays; `next_key`
   wraps it, splits it, and the step stores the new half back.
@@ -23,6 +24,7 @@ class TrainState:
   rng: jax.Array  # uint32 key data
   data_position: jax.Array  # int32 scalar: index of the next batch to read
   teacher_params: Any = None  # φ, same structure as params
+  nonfinite_steps: Any = None  # int32 scalar: updates skipped for a non-finite loss or update
 
   def next_key(self) -> tuple['TrainState', jax.Array]:
     """Splits the training key: returns the state with the advanced key and a fresh subkey."""
@@ -40,6 +42,7 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, seed: int,
       rng=jax.random.key_data(jax.random.key(seed)),
       data_position=jnp.zeros((), jnp.int32),
       teacher_params=jax.tree.map(jnp.copy, params) if with_teacher else None,
+      nonfinite_steps=jnp.zeros((), jnp.int32),
   )
 
 

@@ -34,7 +34,8 @@ def state_shardings(abstract_state: TrainState, params_sharding: Any, tx: optax.
       transform_non_params=lambda _: rep)
   return TrainState(
       step=rep, params=params_sharding, opt_state=opt_sharding, rng=rep, data_position=rep,
-      teacher_params=None if abstract_state.teacher_params is None else params_sharding)
+      teacher_params=None if abstract_state.teacher_params is None else params_sharding,
+      nonfinite_steps=rep)
 
 
 def create_sharded_state(model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation,

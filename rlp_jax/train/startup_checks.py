@@ -1,0 +1,58 @@
+"""Start-up checks of the training loop that need more than the config: the workdir and the loaded
+documents. Each failure is one line naming the path or the config key, raised before anything is
+compiled (docs/failure_modes.md lists them)."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+from rlp_jax.data.batches import DocumentBatches
+from rlp_jax.errors import ConfigError, WorkdirError
+
+
+def check_workdir(workdir: str) -> str:
+  """The absolute workdir; WorkdirError when it, or a directory above it, is not a directory.
+  Reads only (a workdir that does not exist yet is fine)."""
+  workdir = os.path.abspath(workdir)
+  path = workdir
+  while True:
+    if os.path.lexists(path) and not os.path.isdir(path):
+      if path == workdir:
+        raise WorkdirError(f'--workdir {workdir} is a file, not a directory')
+      raise WorkdirError(f'--workdir {workdir}: {path} is a file, not a directory')
+    parent = os.path.dirname(path)
+    if parent == path:
+      return workdir
+    path = parent
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates the workdir (and its parents) and proves it writable with a probe file; returns the
+  absolute path. WorkdirError, naming the path and the reason, when it cannot be used."""
+  workdir = check_workdir(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.rlp_jax_write_probe_'):
+      pass
+  except OSError as error:
+    raise WorkdirError(f'--workdir {workdir} is not usable: {error.strerror or error}') from None
+  return workdir
+
+
+def check_documents(batches: DocumentBatches, description: str, rlp_enabled: bool,
+                    min_context: int) -> None:
+  """ConfigError when the documents cannot fill a batch without repeating one, or (RLP) when no
+  document's row (bos + text + eos, cut to data.seq_len) reaches past `rlp.min_context` tokens, so
+  no position could ever be scored. Stops at the first long enough document."""
+  if batches.num_documents < batches.batch_size:
+    raise ConfigError(f'config key `data.batch_size` ({batches.batch_size}) is larger than the '
+                      f'{batches.num_documents} documents of {description}: every batch would '
+                      'repeat documents; lower data.batch_size or add documents')
+  if not rlp_enabled:
+    return
+  for index in range(batches.num_documents):
+    if len(batches.document_tokens(index)) > min_context:
+      return
+  raise ConfigError(f'config key `rlp.min_context` ({min_context}): every document of '
+                    f'{description} has at most {min_context} tokens with bos and eos, so no '
+                    'position can be scored; lower rlp.min_context or use longer documents')

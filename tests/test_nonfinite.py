@@ -18,6 +18,7 @@ from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.errors import ConfigError, DataError, NonFiniteError
 from rlp_jax.models import registry
 from rlp_jax.train import metrics_writer
+from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import MetricsWriter, read_metrics
 from rlp_jax.train.ntp_step import make_ntp_step
@@ -293,3 +294,18 @@ def test_non_finite_values_are_written_as_json_null(tmp_path):
     line = f.read()
   row = json.loads(line, parse_constant=lambda name: pytest.fail(f'not strict JSON: {name}'))
   assert row == {'step': 1, 'ntp_loss': None, 'grad_norm': None, 'nonfinite_step': 1.0}
+
+
+def test_a_checkpoint_from_before_the_nonfinite_count_resumes_with_count_zero(tmp_path):
+  """A state saved without `nonfinite_steps` (checkpoints written before the count existed)
+  restores into today's state with the count 0 and everything else as saved."""
+  params = {'w': jnp.arange(6.0).reshape(2, 3)}
+  state = create_train_state(params, optax.adam(1e-3), seed=0, with_teacher=True)
+  old = state.replace(nonfinite_steps=None, step=jnp.asarray(5, jnp.int32),
+                      params={'w': params['w'] + 1.0})
+  checkpointer = Checkpointer(str(tmp_path), every=1, keep=3)
+  checkpointer.maybe_save(5, old)
+  checkpointer.close()
+  restored = Checkpointer(str(tmp_path), every=1, keep=3).restore(jax.eval_shape(lambda: state))
+  assert int(restored.step) == 5 and int(restored.nonfinite_steps) == 0
+  np.testing.assert_array_equal(np.asarray(restored.params['w']), np.asarray(old.params['w']))

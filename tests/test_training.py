@@ -110,6 +110,21 @@ def test_rlp_rollout_and_update_compile_once(small_config, tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+def test_resume_counts_loop_steps_when_a_rollout_has_several_updates(small_config, tmp_path):
+  """Checkpoints are named by loop step (batches); with 2 updates per rollout `state.step` is
+  twice that, and a resume must continue at the checkpoint's loop step, not at `state.step`."""
+  small_config.rlp.updates_per_rollout = 2
+  small_config.train.checkpoint_every = 1
+  small_config.train.num_steps = 1
+  train(small_config, str(tmp_path))
+  small_config.train.num_steps = 2
+  result = train(small_config, str(tmp_path))
+  assert result.first_step == 1
+  assert int(result.state.step) == 4 and int(result.state.data_position) == 2
+  assert [row['step'] for row in read_metrics(str(tmp_path))] == [1, 2]
+
+
+@pytest.mark.slow
 def test_a_short_run_of_the_shipped_tiny_config(shared_data_dir, tmp_path):
   config = helpers.load_config('tiny')
   config.data.data_dir = shared_data_dir

@@ -5,6 +5,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 
@@ -26,8 +27,23 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
-    """Restores into the structure, shapes, dtypes and shardings of `abstract_state`."""
+    """Restores into the structure, shapes, dtypes and shardings of `abstract_state`.
+
+    A checkpoint written before the state counted non-finite steps (no `nonfinite_steps` entry)
+    restores with the count 0."""
     step = self.latest_step() if step is None else step
+    try:
+      return self._restore(abstract_state, step)
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      if getattr(abstract_state, 'nonfinite_steps', None) is None:
+        raise
+      try:
+        older = self._restore(abstract_state.replace(nonfinite_steps=None), step)
+      except Exception:  # pylint: disable=broad-exception-caught
+        raise error from None
+      return older.replace(nonfinite_steps=jnp.zeros((), jnp.int32))
+
+  def _restore(self, abstract_state: Any, step: int) -> Any:
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
     return self._manager.restore(step, args=ocp.args.StandardRestore(target))
 

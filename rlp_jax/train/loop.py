@@ -118,8 +118,8 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                               keep=config.train.keep_checkpoints)
   first_step = 0
   if checkpointer.latest_step() is not None:
-    state = checkpointer.restore(state)
-    first_step = int(state.step)
+    first_step = checkpointer.latest_step()  # loop steps (batches), as checkpoints are named
+    state = checkpointer.restore(state, first_step)
     _say(f'resumed from {checkpointer.directory} at step {first_step} '
          f'(data position {int(state.data_position)})')
   elif config.model.init_from:

@@ -105,19 +105,11 @@ def max_diff(a, b):
   return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
-def fp32_errors(what, shared32, naive32, shared64, naive64):
+def fp32_errors(shared32, naive32, shared64, naive64):
   """(shared fp32 error, naive fp32 error) against the float64 run of the same path on the same
-  inputs, relative to max |naive64|. Asserts the fp32 gap is no more than those two plus the
-  float64 gap of the paths (their inputs' own difference): the paths differ by their rounding."""
+  inputs, relative to max |naive64|."""
   scale = max(max_abs(naive64), 1e-30)
-  error_shared = max_diff(shared32, shared64) / scale
-  error_naive = max_diff(naive32, naive64) / scale
-  gap32 = max_diff(shared32, naive32) / scale
-  gap64 = max_diff(shared64, naive64) / scale
-  print(f'{what}: fp32 gap {gap32:.1e}, shared fp32 error {error_shared:.1e}, naive fp32 error '
-        f'{error_naive:.1e}, float64 gap {gap64:.1e}')
-  assert gap32 <= error_shared + error_naive + gap64 + 1e-15, (what, gap32)
-  return error_shared, error_naive
+  return max_diff(shared32, shared64) / scale, max_diff(naive32, naive64) / scale
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3, 5))
@@ -333,12 +325,9 @@ def test_update_loss_metrics_and_gradients_match_naive(rollouts, kl_weight):
   for path, grad_n in flat_n:
     assert np.any(np.asarray(grad_n) != 0), path
     assert_close(flat_x64[path], flat_n64[path], rel=F64_REL)
-    errors[jax.tree_util.keystr(path)] = fp32_errors(
-        jax.tree_util.keystr(path), flat_s[path], grad_n, flat_s64[path], flat_n64[path])
+    errors[jax.tree_util.keystr(path)] = fp32_errors(flat_s[path], grad_n, flat_s64[path],
+                                                     flat_n64[path])
   naive_accuracy = max(naive for _, naive in errors.values())
-  worst = max(errors, key=lambda what: errors[what][0])
-  print(f'{family} kl {kl_weight}: naive fp32 accuracy {naive_accuracy:.1e}, shared worst '
-        f'{errors[worst][0]:.1e} at {worst}')
   for what, (error_shared, _) in errors.items():
     assert error_shared <= ACCURACY_FACTOR * naive_accuracy + ACCURACY_FLOOR, (
         what, error_shared, naive_accuracy)

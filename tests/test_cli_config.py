@@ -27,15 +27,18 @@ def assert_one_line_error(result, *needles):
     assert needle in lines[0], (needle, lines[0])
 
 
+SLOW = pytest.mark.slow  # a fresh interpreter each; two of the eight stay in the quick loop
+
+
 @pytest.mark.parametrize('override, needles', [
     ('--config.train.num_stepz=3', ('num_stepz',)),
-    ('--config.model.nonexistent=3', ('nonexistent',)),
-    ('--config.train.num_steps=abc', ('config.train.num_steps',)),
-    ('--config.train.num_steps=1.5', ('config.train.num_steps',)),
+    pytest.param('--config.model.nonexistent=3', ('nonexistent',), marks=SLOW),
+    pytest.param('--config.train.num_steps=abc', ('config.train.num_steps',), marks=SLOW),
+    pytest.param('--config.train.num_steps=1.5', ('config.train.num_steps',), marks=SLOW),
     ('--config.model.hidden_size=0', ('model.hidden_size', '> 0')),
-    ('--config.data.batch_size=-4', ('data.batch_size', '> 0')),
-    ('--config.data.corpus=wiki', ('data.corpus',)),
-    ('--config.model.num_kv_heads=3', ('model.num_kv_heads',)),
+    pytest.param('--config.data.batch_size=-4', ('data.batch_size', '> 0'), marks=SLOW),
+    pytest.param('--config.data.corpus=wiki', ('data.corpus',), marks=SLOW),
+    pytest.param('--config.model.num_kv_heads=3', ('model.num_kv_heads',), marks=SLOW),
 ])
 @pytest.mark.subprocess
 def test_bad_override_is_one_line_naming_the_key(override, needles, tmp_path):

@@ -77,6 +77,7 @@ def test_cached_decode_matches_full_forward():
   assert error <= 1e-5
 
 
+@pytest.mark.slow
 def test_left_padded_ragged_prompts_match_unpadded_rows():
   config = tiny_config(tie_embeddings=True)
   graphdef, params = registry.init_params(config, seed=3)

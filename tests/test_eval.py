@@ -67,6 +67,7 @@ def test_pack_prompts_left_pads_and_numbers_positions_from_each_prompt():
   np.testing.assert_array_equal(packed.last, [2, 0, 3])
 
 
+@pytest.mark.slow
 def test_greedy_answers_and_thoughts_match_a_full_forward_loop(model):
   config, tokenizer, graphdef, params = model
   generator = Generator(graphdef, config.model, tokenizer, rows_per_call=4, prompt_width=24,

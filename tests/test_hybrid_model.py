@@ -195,6 +195,7 @@ def decode_config():
                      mamba_dt_limit_max=2.0)
 
 
+@pytest.mark.slow
 def test_cached_decode_matches_full_forward():
   config = decode_config()
   graphdef, params = registry.abstract_params(config)

@@ -129,7 +129,8 @@ def scored_sequences(rows: int, prompt_length: int, limit: int, seed: int = 0):
                          prompt_length=prompt_length)
 
 
-@pytest.mark.parametrize('family', ['dense', pytest.param('hybrid', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+@pytest.mark.slow
 def test_score_thoughts_equals_scoring_from_full_logits(family):
   """The scorer takes logits of the thought region only; a reference slicing the full-sequence
   logits (the scorer as it was) gives the same log-probs and S_pred."""

@@ -73,7 +73,7 @@ def _ntp_setup(learning_rate=1e-2):
   return step, create_train_state(params, tx, seed=0)
 
 
-@pytest.mark.parametrize('where', ['params', 'learning_rate'])
+@pytest.mark.parametrize('where', ['params', pytest.param('learning_rate', marks=pytest.mark.slow)])
 def test_next_token_step_skips_a_nan_and_counts_it(where):
   step, state = _ntp_setup(math.nan if where == 'learning_rate' else 1e-2)
   if where == 'params':
@@ -158,6 +158,7 @@ def _checkpoint(workdir, step):
     manager.close()
 
 
+@pytest.mark.slow
 def test_the_run_stops_after_max_nonfinite_steps_with_the_last_finite_checkpoint(
     small_config, tmp_path, monkeypatch):
   import rlp_jax.train.loop as loop  # pylint: disable=import-outside-toplevel

@@ -223,10 +223,9 @@ def test_ssd_states_after_any_prefix_equal_the_recurrence():
       assert_close(got[b, k], states[end])
 
 
-@pytest.mark.parametrize('family,temperature', [
-    ('dense', 0.9), pytest.param('dense', 0.0, marks=pytest.mark.slow),
-    pytest.param('hybrid', 0.9, marks=pytest.mark.slow),
-    pytest.param('hybrid', 0.0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize('family,temperature', [('dense', 0.9), ('dense', 0.0),
+                                                ('hybrid', 0.9), ('hybrid', 0.0)])
+@pytest.mark.slow
 def test_same_samples_log_probs_and_s_pred_as_naive(family, temperature):
   graphdef, params = registry.init_params(model_config(family), seed=0)
   batch = documents()

@@ -20,3 +20,13 @@ class NonFiniteError(UserInputError):
 
 class WorkdirError(UserInputError):
   """The --workdir cannot be used: a file, under a file, or not writable."""
+
+
+class CheckpointError(UserInputError):
+  """No intact checkpoint can be restored, or a checkpoint does not fit the configured state
+  (the message names the step and what is wrong)."""
+
+
+class RunChangedError(UserInputError):
+  """A resume found that what the checkpoint depends on (model shape, tokenizer, data) changed
+  since it was written; the message says what changed and which flag, if any, allows it."""

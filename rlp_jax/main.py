@@ -10,6 +10,7 @@ devices without allocating the model and prints per-device memory (rlp_jax/dry_r
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app
@@ -43,6 +44,23 @@ _DRY_RUN_DEVICES = flags.DEFINE_integer('dry_run_devices', None, 'Simulated devi
 
 
 def main(argv: list[str]) -> None:
+  # Installed first: a signal at any later moment (even while JAX compiles) ends the run at a
+  # step boundary with a checkpoint and one line (train/stop_request.py).
+  from rlp_jax.train.stop_request import RunStopped, StopRequest  # pylint: disable=import-outside-toplevel
+  with StopRequest(uninstall=False) as stop:
+    try:
+      _main(argv, stop)
+    except RunStopped as stopped:
+      from rlp_jax.parallel.distributed import is_primary_process  # pylint: disable=import-outside-toplevel
+      if is_primary_process():
+        print(f'[rlp_jax] {stopped.message}', flush=True)
+      sys.stderr.flush()
+      # Checkpoints and metrics are closed; skipping the interpreter's teardown (which resets the
+      # signal handlers and tears down the JAX runtime) keeps a second signal from killing it.
+      os._exit(stopped.exit_status)  # pylint: disable=protected-access
+
+
+def _main(argv: list[str], stop) -> None:
   config = config_from_flags(argv, _CONFIG)
   if not _WORKDIR.value and not _DRY_RUN.value:
     fail('--workdir is required (where metrics, event files and checkpoints go)')
@@ -59,8 +77,9 @@ def main(argv: list[str]) -> None:
     from rlp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
     distributed.initialize(distributed.plan_startup(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _DISTRIBUTED.value))
+    stop.reinstall()  # jax.distributed's preemption notifier took SIGTERM
     from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
-    train(config, _WORKDIR.value)
+    train(config, _WORKDIR.value, stop=stop)
   except UserInputError as error:
     fail(str(error))
   except KeyboardInterrupt:

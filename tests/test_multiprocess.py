@@ -1,7 +1,8 @@
 """Two processes on localhost (jax.distributed over gloo, 2 CPU devices each) run the real CLI.
 
-The run takes 2 RLP steps and checkpoints, then a second invocation of both processes restores the
-checkpoint and takes step 3. Its metrics must equal a single process with 4 devices on the same
+The run is stopped after its first RLP step by a SIGTERM to process 1 alone (both processes agree
+on the step and checkpoint it), then a second invocation of both processes restores the checkpoint
+and takes steps 2 and 3. Its metrics must equal a single process with 4 devices on the same
 mesh (data=2, fsdp=2: each process holds half of the batch rows and half of every parameter, so
 every step needs cross-process collectives), and only process 0 may print and write metrics.
 """
@@ -48,13 +49,17 @@ def free_port():
     return s.getsockname()[1]
 
 
-def run_two_processes(workdir, data_dir, num_steps):
+def run_two_processes(workdir, data_dir, num_steps, signal_process_1=None):
+  """Both processes of the job; `signal_process_1` (e.g. 'after_save_check@1:SIGTERM') makes only
+  process 1 receive a signal at that moment (train/signal_points.py)."""
   port = free_port()
+  env_1 = dict(environment(2), **({'RLP_JAX_SIGNAL_AT': signal_process_1}
+                                  if signal_process_1 else {}))
   processes = [subprocess.Popen(
       command(workdir, data_dir, num_steps, f'--coordinator_address=localhost:{port}',
               '--num_processes=2', f'--process_id={i}'),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment(2))
-               for i in range(2)]
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=env_1 if i == 1 else environment(2)) for i in range(2)]
   outputs = []
   try:
     for process in processes:
@@ -82,17 +87,20 @@ def test_two_processes_checkpoint_resume_and_match_one_process(tmp_path):
   assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-4000:]
   assert 'process 0/1: 4 local cpu devices, 4 in all' in single.stdout + single.stderr
 
-  first = run_two_processes(multi_dir, data_dir, 2)
+  # The first job is stopped by a SIGTERM that only process 1 receives, after step 1: both
+  # processes must agree to stop there, save step 1 together and exit 0.
+  first = run_two_processes(multi_dir, data_dir, 3, signal_process_1='after_save_check@1:SIGTERM')
   second = run_two_processes(multi_dir, data_dir, 3)
 
   for i, output in enumerate(first):
     assert output.count(f'process {i}/2: 2 local cpu devices, 4 in all') == 1, output[-3000:]
-  assert 'done at step 2' in first[0] and 'done at step 2' not in first[1]
-  assert 'resumed from' in second[0] and 'at step 2' in second[0], second[0][-3000:]
+  assert 'stopped by SIGTERM at step 1: checkpoint 1 saved' in first[0], first[0][-3000:]
+  assert 'stopped by' not in first[1]  # only process 0 prints
+  assert 'resumed from' in second[0] and 'at step 1' in second[0], second[0][-3000:]
   assert '[rlp_jax] done at step 3' in second[0]
   assert 'done at step' not in second[1] and 'metrics:' not in second[1]  # only process 0 prints
   checkpoints = sorted(os.listdir(os.path.join(multi_dir, 'checkpoints')))
-  assert checkpoints == ['2', '3'], checkpoints
+  assert checkpoints == ['1', '2', '3'], checkpoints
 
   reference, multi = read_metrics(reference_dir), read_metrics(multi_dir)
   assert [row['step'] for row in multi] == [1, 2, 3]  # each step once: only process 0 writes

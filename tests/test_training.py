@@ -153,26 +153,18 @@ def test_next_token_step_compiles_once(small_config, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(small_config, tmp_path,
                                                                      monkeypatch):
-  import signal  # pylint: disable=import-outside-toplevel
-  import pytest  # pylint: disable=import-outside-toplevel
-  from rlp_jax.train import metrics_writer  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train.stop_request import RunStopped  # pylint: disable=import-outside-toplevel
   small_config.train.num_steps = 5
   reference = str(tmp_path / 'reference')
   train(small_config, reference)
-
-  original_write = metrics_writer.MetricsWriter.write
-
-  def write_then_ctrl_c(self, step, metrics):
-    original_write(self, step, metrics)
-    if step == 2:
-      os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
-
-  monkeypatch.setattr(metrics_writer.MetricsWriter, 'write', write_then_ctrl_c)
+  # As if the user pressed Ctrl-C once step 2 had been logged (train/signal_points.py).
+  monkeypatch.setenv('RLP_JAX_SIGNAL_AT', 'after_save_check@2:SIGINT')
   interrupted = str(tmp_path / 'interrupted')
-  with pytest.raises(KeyboardInterrupt):
+  with pytest.raises(RunStopped, match='stopped by SIGINT at step 2: checkpoint 2 saved') as stop:
     train(small_config, interrupted)
+  assert stop.value.exit_status == 130
   assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2']
-  monkeypatch.setattr(metrics_writer.MetricsWriter, 'write', original_write)
+  monkeypatch.delenv('RLP_JAX_SIGNAL_AT')
   assert train(small_config, interrupted).first_step == 2
   assert losses(interrupted) == losses(reference)
 

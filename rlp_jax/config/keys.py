@@ -165,6 +165,8 @@ KEYS: tuple[Key, ...] = (
     Key('train.log_every', 1, 'write metrics every N batches', bounds=POSITIVE),
     Key('train.checkpoint_every', 50, 'save a checkpoint every N batches', bounds=POSITIVE),
     Key('train.keep_checkpoints', 3, 'checkpoints kept on disk', bounds=POSITIVE),
+    Key('train.allow_data_change', False, 'resume although the training documents changed since '
+        'the checkpoint (the tokenizer and model shape must not; train/run_identity.py)'),
     Key('train.progress_bar', True, 'show the progress bar (process 0)'),
     Key('train.max_nonfinite_steps', 10, 'stop the run (with a checkpoint of the last finite '
         'state) after this many batches in a row whose update was skipped for a non-finite loss, '

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import contextlib
 import os
-import signal
-import threading
 import time
 from typing import Any, Callable
 
@@ -33,7 +32,9 @@ from rlp_jax.parallel.distributed import describe_process, is_primary_process
 from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides, process_rows,
                                              put_batch, replicated)
+from rlp_jax.train import signal_points
 from rlp_jax.train.state_sharding import create_sharded_state
+from rlp_jax.train.stop_request import StopRequest
 from rlp_jax.train.startup_checks import check_documents, check_workdir, prepare_workdir
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.flops import next_token_step_flops, non_embedding_params, rlp_step_flops
@@ -43,6 +44,7 @@ from rlp_jax.data.special_tokens import special_tokens
 from rlp_jax.train.rlp_step import make_rlp_step
 from rlp_jax.train.state import TrainState
 from rlp_jax.train.ntp_step import make_ntp_step
+from rlp_jax.train.run_identity import check_resume, run_identity
 
 
 @dataclasses.dataclass
@@ -75,13 +77,24 @@ def _process_zero_first(build: Callable[[], Any]) -> Any:
     multihost_utils.sync_global_devices('rlp_jax: data prepared')
 
 
-def train(config: ml_collections.ConfigDict, workdir: str,
-          stop_at_step: int | None = None) -> TrainResult:
+def train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None = None,
+          stop: StopRequest | None = None) -> TrainResult:
   """Trains `config` in `workdir` up to `config.train.num_steps`, resuming from its checkpoints.
 
   `stop_at_step` ends the run early (after a checkpoint at that step), as a preemption would; the
   schedule still follows `num_steps`, so a later call resumes exactly where this one stopped.
+  SIGTERM / SIGINT stop the run at the next step boundary with a checkpoint and raise
+  `RunStopped` (train/stop_request.py); `stop` is the handler the command line installed at its
+  start, else `train` installs one for its own duration.
   """
+  with contextlib.ExitStack() as stack:
+    if stop is None:
+      stop = stack.enter_context(StopRequest())
+    return _train(config, workdir, stop_at_step, stop)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None,
+           stop: StopRequest) -> TrainResult:
   validate_config(config)
   workdir = check_workdir(workdir)  # one line for a file / under a file / unwritable workdir
   tqdm.write(f'[rlp_jax] {describe_process()}')  # once per host
@@ -90,6 +103,30 @@ def train(config: ml_collections.ConfigDict, workdir: str,
     with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
       f.write(config.to_json_best_effort(indent=2))
 
+  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+                              every=config.train.checkpoint_every,
+                              keep=config.train.keep_checkpoints)
+  stop.latest_checkpoint = checkpointer.latest_step
+  stop.save_in_flight = checkpointer.save_in_progress
+  stop.wait_for_saves = checkpointer.wait_until_finished
+  try:
+    return _train_with(config, workdir, stop_at_step, stop, checkpointer)
+  finally:
+    checkpointer.close()
+
+
+def _stop_before_training(stop: StopRequest, checkpointer: Checkpointer) -> None:
+  """A signal during start-up: nothing was trained, so nothing new is saved."""
+  if stop.requested_everywhere():
+    latest = checkpointer.latest_step()
+    where = (f'checkpoint {latest} is the latest; rerun the same command to resume'
+             if latest is not None else 'no checkpoint was written')
+    raise stop.stopped(f'during start-up, before any step: nothing new to save; {where}')
+
+
+def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | None,
+                stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
+  """The run itself, once the checkpointer exists (`_train` closes it, waiting for saves)."""
   documents, tokenizer = _process_zero_first(lambda: (
       load_documents(config.data), build_tokenizer(config.tokenizer, config.data)))
   if tokenizer.vocab_size > config.model.vocab_size:
@@ -99,13 +136,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
                             seed=config.seed)
   check_documents(batches, getattr(documents, 'description', 'the configured corpus'),
                   config.rlp.enabled, config.rlp.min_context)  # before anything compiles
+  _stop_before_training(stop, checkpointer)
 
   num_steps = config.train.num_steps
   use_rlp = config.rlp.enabled
   updates_per_batch = config.rlp.updates_per_rollout if use_rlp else 1
   mesh = make_mesh(config.mesh)
   check_batch_divides(config.data.batch_size, mesh, config.mesh.rules)
-  graphdef, _ = registry.abstract_params(config.model)
+  graphdef, abstract_params = registry.abstract_params(config.model)
+  # What the checkpoints depend on (config, model shape, tokenizer, data): saved with each step,
+  # compared on resume (train/run_identity.py).
+  identity = run_identity(config, tokenizer, documents, params=abstract_params)
   tx, schedule = make_optimizer(config.optimizer, num_steps * updates_per_batch)
   state, state_sharding = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
                                                config.mesh.rules)
@@ -113,13 +154,17 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   local_rows = process_rows(documents_sharding, config.data.batch_size)  # this process's rows
   count_tokens = jax.jit(jnp.sum, out_shardings=replicated(mesh))  # over all processes' rows
 
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
-                              every=config.train.checkpoint_every,
-                              keep=config.train.keep_checkpoints)
   first_step = 0
-  if checkpointer.latest_step() is not None:
-    first_step = checkpointer.latest_step()  # loop steps (batches), as checkpoints are named
-    state = checkpointer.restore(state, first_step)
+
+  def check_record(record: dict | None, step: int) -> None:
+    for note in check_resume(record, identity, config.train.allow_data_change,
+                             checkpoint=f'checkpoint {step} in {checkpointer.directory}'):
+      _say(note)
+
+  # Verified (checksums), falling back past damaged steps; refused when what it depends on changed.
+  restored = checkpointer.restore_latest(state, check_record=check_record)
+  if restored is not None:
+    state, first_step, _ = restored  # loop steps (batches), as checkpoints are named
     _say(f'resumed from {checkpointer.directory} at step {first_step} '
          f'(data position {int(state.data_position)})')
   elif config.model.init_from:
@@ -152,38 +197,46 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   progress = tqdm(total=num_steps, initial=first_step, desc='train', unit='step',
                   disable=not (config.train.progress_bar and is_primary_process()),
                   dynamic_ncols=True)
-  stop_request = _StopRequest()
   nonfinite_in_a_row = 0  # steps whose update was skipped as non-finite (train/nonfinite.py)
-  diverged = False
+  diverged = stopped = False
   try:
-    with stop_request:
-      while step < last_step and not stop_request.requested and not diverged:
-        batch = put_batch(batches.batch(position, rows=local_rows), documents_sharding,
-                          config.data.batch_size)
-        state, metrics = train_step(state, batch)
-        step, position = step + 1, position + 1
-        history.append(metrics)
-        nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0
-        diverged = nonfinite_in_a_row >= config.train.max_nonfinite_steps
-        evaluated = evaluator is not None and (step % config.train.eval_every == 0
-                                               or step == num_steps)
-        if evaluated:
-          progress.clear()
-          eval_metrics = evaluator.evaluate(state.params)['metrics']
-          metrics = dict(metrics, **{f'eval/{k}': v for k, v in eval_metrics.items()})
-          _say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
-        if (step % config.train.log_every == 0 or step == last_step or stop_request.requested
-            or evaluated or diverged):
-          writer.write(step, metrics)
-        progress.set_postfix(_progress_fields(metrics), refresh=False)
-        progress.update(1)
-        # A skipped step leaves θ, φ and the optimizer state as they were: what is saved here is
-        # always the last finite state.
-        checkpointer.maybe_save(step, state,
-                                force=step == last_step or stop_request.requested or diverged)
+    while step < last_step and not diverged:
+      if stop.requested_everywhere():  # a signal: stop at this boundary (all processes agree)
+        stopped = True
+        break
+      batch = put_batch(batches.batch(position, rows=local_rows), documents_sharding,
+                        config.data.batch_size)
+      state, metrics = train_step(state, batch)
+      step, position = step + 1, position + 1
+      history.append(metrics)
+      nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0
+      diverged = nonfinite_in_a_row >= config.train.max_nonfinite_steps
+      evaluated = evaluator is not None and (step % config.train.eval_every == 0
+                                             or step == num_steps)
+      if evaluated:
+        progress.clear()
+        eval_metrics = evaluator.evaluate(state.params)['metrics']
+        metrics = dict(metrics, **{f'eval/{k}': v for k, v in eval_metrics.items()})
+        _say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
+      if (step % config.train.log_every == 0 or step == last_step or stop.requested
+          or evaluated or diverged):
+        writer.write(step, metrics)
+      progress.set_postfix(_progress_fields(metrics), refresh=False)
+      progress.update(1)
+      # A skipped step leaves θ, φ and the optimizer state as they were: what is saved here is
+      # always the last finite state.
+      with stop.saving():
+        if checkpointer.maybe_save(step, state, force=step == last_step or diverged,
+                                   record=identity):
+          signal_points.reached('during_save', step)
+      signal_points.reached('after_save_check', step)
+    if stopped and step > first_step:
+      with stop.saving():
+        checkpointer.maybe_save(step, state, force=True,  # unless this step was just saved
+                                record=identity)
+      checkpointer.wait_until_finished()
   finally:
     progress.close()
-    checkpointer.close()
     writer.close()
 
   if diverged:
@@ -191,9 +244,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
         f'stopped at step {step}: the loss, gradient norm or update was not finite in the last '
         f'{nonfinite_in_a_row} steps (config key `train.max_nonfinite_steps`), which were skipped; '
         f'checkpoint {step} holds the last finite state (lower `optimizer.learning_rate`?)')
-  if stop_request.requested:
-    _say(f'interrupted at step {step}; checkpoint saved, rerun the same command to resume')
-    raise KeyboardInterrupt
+  if stopped:
+    if step == first_step:
+      _stop_before_training(stop, checkpointer)
+    raise stop.stopped(f'at step {step}: checkpoint {checkpointer.latest_step()} saved; '
+                       'rerun the same command to resume')
   _say(f'done at step {step}.')
   for line in run_summary(history):
     _say(line)
@@ -228,34 +283,6 @@ def _eval_summary(metrics: dict[str, float]) -> str:
     if key.startswith('acc/') and key.rsplit('/', 1)[1] in ('direct', 'think_greedy'):
       parts.append(f'{key[4:]} {value:.3f}')
   return ', '.join(parts)
-
-
-class _StopRequest:
-  """Turns the first Ctrl-C into a request to stop after the current step (and checkpoint).
-
-  A KeyboardInterrupt raised inside a jitted call would lose the donated train state; a second
-  Ctrl-C interrupts at once. Only for a single process: processes that stopped after different
-  steps would wait on each other's collectives forever, so there Ctrl-C interrupts at once.
-  """
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def _handle(self, signum, frame):  # pylint: disable=unused-argument
-    if self.requested:
-      raise KeyboardInterrupt
-    self.requested = True
-    tqdm.write('[rlp_jax] stopping after this step (Ctrl-C again to abort without saving)')
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread() and jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGINT, self._handle)
-    return self
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGINT, self._previous)
 
 
 def _timed(train_step, count_tokens, flops_n: int):

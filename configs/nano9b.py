@@ -1,9 +1,8 @@
-"""NVIDIA Nemotron-Nano-9B-v2(-Base) architecture (hybrid, 8.89B parameters); only the model is
-set: see `presets.nemotron_h` for what to set before a real run."""
-from rlp_jax.config import base_config, presets
+"""NVIDIA Nemotron-Nano-9B-v2(-Base) (hybrid, 8.89B parameters) continued with RLP
+on a TPU v5p-64: the paper's objective, a mesh that fits the target, the corpus on shared storage,
+and a required base model (`--config.model.init_from=...`). See `presets.nemotron_h_rlp`, docs/launch.md."""
+from rlp_jax.config import presets
 
 
 def get_config():
-  config = base_config()
-  config.model.update(presets.nemotron_h('9b'))
-  return config
+  return presets.nemotron_h_rlp('9b')

@@ -1,5 +1,6 @@
-"""Qwen3-1.7B(-Base) continued with RLP (the paper's objective, bf16 compute); point it at a
-checkpoint as `presets.qwen3_rlp` and docs/models.md say."""
+"""Qwen3-1.7B(-Base) continued with RLP
+on 8×H100: the paper's objective, a mesh that fits the target, the corpus on shared storage,
+and a required base model (`--config.model.init_from=...`). See `presets.qwen3_rlp`, docs/launch.md."""
 from rlp_jax.config import presets
 
 

@@ -63,7 +63,8 @@ KEYS: tuple[Key, ...] = (
         'at `path`) or `hf_json` (a Hugging Face tokenizer.json at `path`)',
         choices=TOKENIZER_KINDS),
     Key('tokenizer.path', '', "'' → a sentencepiece model trained on the corpus at first use and "
-        'cached under data_dir; for hf_json the file or its directory'),
+        "cached under data_dir; for hf_json the file or its directory ('': the tokenizer.json "
+        'of `model.init_from`)'),
     Key('tokenizer.vocab_size', 512, 'size of a trained sentencepiece vocabulary (hf_json: the '
         'file decides)', bounds=POSITIVE),
 
@@ -71,6 +72,9 @@ KEYS: tuple[Key, ...] = (
         'MLP)', choices=FAMILIES),
     Key('model.init_from', '', "'' random init; a Hugging Face model dir or an rlp_jax "
         'checkpoint dir'),
+    Key('model.allow_random_init', True, 'train from random weights when `model.init_from` is '
+        "''; the recipes that continue a pretrained base set False, so that a run without "
+        '`init_from` stops at start-up with one line'),
     Key('model.vocab_size', 512, 'rows of the embedding; ≥ the tokenizer vocabulary',
         bounds=POSITIVE),
     Key('model.hidden_size', 128, 'width of the residual stream', bounds=POSITIVE),

@@ -1,8 +1,9 @@
 """Model and objective presets: the values the files under configs/ name.
 
 `qwen3(size)` and `nemotron_h(size)` return `model.*` values (for `config.model.update(...)`),
-`paper_rlp(config)` applies the paper's RLP objective settings, and `qwen3_rlp(size)` is a whole
-config: a published Qwen3 base continued with RLP.
+`paper_rlp(config)` applies the paper's RLP objective settings, and `qwen3_rlp(size)` /
+`nemotron_h_rlp(size)` are whole configs: the recipes of configs/ for a published base continued
+with RLP on a named target (`pod_recipe`).
 """
 from __future__ import annotations
 
@@ -94,31 +95,72 @@ def paper_rlp(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def qwen3_rlp(size: str) -> ml_collections.ConfigDict:
-  """Qwen3-<size>(-Base) continued with RLP in bf16 compute, with the paper's objective.
+# Where the recipes read their corpus: jsonl shards (one document per line, field `text`) on the
+# shared storage every host mounts (launch/tpu_pod.sh, launch/slurm_gpu.sbatch; docs/launch.md).
+RECIPE_DATA_FILES = '/mnt/shared/data/train-*.jsonl'
+RECIPE_DATA_DIR = '/mnt/shared/data/cache'
 
-  The checkpoint paths are placeholders ('/path/to/Qwen3-<size>-Base'); point them at a
-  downloaded Hugging Face checkpoint:
+# The paper trains on contexts of 2048 tokens, 512 per batch, thoughts of up to 2048 tokens. One
+# step of that does not fit the targets' memory (docs/scaling.md), so the recipes scale it by one
+# rule: keep the objective as published (G 16, temperature 0.7, τ 0.999, ntp_weight 0, kl_weight 0,
+# constant lr 1e-6) and give each batch shard one document of 1024 tokens with one scored position
+# (K 1) and thoughts of up to 128 tokens: the workload the dry run measured on each target.
+RECIPE_SEQ_LEN = 1024
+RECIPE_THOUGHT_TOKENS = 128
 
-    python -m rlp_jax.main --config=configs/qwen3_1p7b.py --workdir=DIR \\
-        --config.model.init_from=/path/to/Qwen3-1.7B-Base \\
-        --config.tokenizer.path=/path/to/Qwen3-1.7B-Base \\
-        --config.data.corpus=local_text --config.data.files=/path/to/corpus.jsonl
 
-  `model.init_from` may also be an rlp_jax checkpoint directory. With `model.init_from=''` the
-  run starts from random weights (and says so at start-up). The tokenizer is the checkpoint's
-  tokenizer.json; it has no bos token, so documents are framed `<|endoftext|> … <|endoftext|>`.
-  The objective is `paper_rlp` (G 16, τ 0.999, lr 1e-6 constant, ntp_weight 0, kl_weight 0) with
-  no weight decay; batch and lengths are a one-host starting point (the paper uses 512 contexts
-  of 2048 tokens and thoughts of up to 2048): raise them with the data.* / rlp.* keys.
+def pod_recipe(config: ml_collections.ConfigDict, *, mesh: dict[str, int],
+               batch_size: int) -> ml_collections.ConfigDict:
+  """Makes `config` (a model preset on `base_config()`) a recipe for a pod; returns it.
+
+  The paper's objective (`paper_rlp`), the scaled sizes above, `mesh` and `batch_size` (one
+  document per batch shard of the named target), the corpus at RECIPE_DATA_FILES, and a required
+  base model: `model.init_from` must be given (`model.allow_random_init=False`; a run without it
+  stops with one line). The tokenizer is the base model's tokenizer.json (`tokenizer.path=''`).
   """
-  checkpoint = f'/path/to/Qwen3-{size.upper()}-Base'  # placeholder: --config.model.init_from=...
-  config = paper_rlp(base_config())
-  config.model.update(qwen3(size))
-  config.model.init_from = checkpoint
-  config.tokenizer.update(dict(kind='hf_json', path=checkpoint, vocab_size=QWEN3_VOCAB_SIZE))
-  config.data.update(dict(seq_len=1024, batch_size=4))
-  config.rlp.update(dict(positions_per_document=1, max_thought_tokens=128, min_context=128))
+  paper_rlp(config)
+  config.model.update(dict(init_from='', allow_random_init=False))
+  config.tokenizer.update(dict(kind='hf_json', path='', vocab_size=config.model.vocab_size))
+  config.data.update(dict(corpus='local_text', files=RECIPE_DATA_FILES, data_dir=RECIPE_DATA_DIR,
+                          seq_len=RECIPE_SEQ_LEN, batch_size=batch_size))
+  config.rlp.update(dict(positions_per_document=1, max_thought_tokens=RECIPE_THOUGHT_TOKENS,
+                         min_context=128))
+  config.mesh.update(mesh)
   config.optimizer.weight_decay = 0.0
   config.train.update(dict(num_steps=1000, checkpoint_every=100))
   return config
+
+
+def qwen3_rlp(size: str) -> ml_collections.ConfigDict:
+  """Qwen3-<size>(-Base) continued with RLP: the recipe for 8×H100 (80 GB).
+
+  `pod_recipe` with mesh data=8 (the state, 25.6 GiB for 1.7b, fits each device; one document per
+  device, batch 8): docs/scaling.md measures ≈ 47 GiB per device for 1.7b. Give the base model:
+
+    python -m rlp_jax.main --config=configs/qwen3_1p7b.py --workdir=DIR \\
+        --config.model.init_from=/path/to/Qwen3-1.7B-Base
+
+  `model.init_from` may also be an rlp_jax checkpoint directory (then set `tokenizer.path` to the
+  base model's tokenizer.json). The tokenizer has no bos token, so documents are framed
+  `<|endoftext|> … <|endoftext|>`. On a v5p-64 (32 devices) use `--config.mesh.data=32
+  --config.data.batch_size=32`.
+  """
+  config = base_config()
+  config.model.update(qwen3(size))
+  return pod_recipe(config, mesh=dict(data=8, fsdp=1, tensor=1), batch_size=8)
+
+
+def nemotron_h_rlp(size: str) -> ml_collections.ConfigDict:
+  """NVIDIA Nemotron-Nano-<size>-v2(-Base) continued with RLP: the recipe for a TPU v5p-64.
+
+  `pod_recipe` with mesh data=1, fsdp=16, tensor=2 over the 32 chips (the 12B state, 183.5 GiB,
+  needs at least 4-way sharding), one document per fsdp shard (batch 16): docs/scaling.md
+  measures ≈ 53 GiB of 95 per device for 12b. On 8×H100 use `--config.mesh.fsdp=4
+  --config.mesh.tensor=2 --config.data.batch_size=4` (≈ 71 GiB of 73 usable). Give the base:
+
+    python -m rlp_jax.main --config=configs/nano12b.py --workdir=DIR \\
+        --config.model.init_from=/path/to/NVIDIA-Nemotron-Nano-12B-v2-Base
+  """
+  config = base_config()
+  config.model.update(nemotron_h(size))
+  return pod_recipe(config, mesh=dict(data=1, fsdp=16, tensor=2), batch_size=16)

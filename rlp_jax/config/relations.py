@@ -23,9 +23,6 @@ def validate_relations(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('config key `data.files` must name at least one .txt/.jsonl file when '
                       "`data.corpus` is 'local_text'")
   FAMILIES[model.family].validate_config(model)  # the family's own model.* keys
-  if config.tokenizer.kind == 'hf_json' and not config.tokenizer.path:
-    raise ConfigError("config key `tokenizer.path` must name a tokenizer.json when "
-                      "`tokenizer.kind` is 'hf_json'")
   mesh = config.mesh
   if [mesh.data, mesh.fsdp, mesh.tensor].count(-1) > 1:
     raise ConfigError('config keys `mesh.data`, `mesh.fsdp`, `mesh.tensor`: at most one may be -1')

@@ -189,20 +189,23 @@ def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
   return os.path.join(corpora.resolve_data_dir(data_config), 'tokenizers', name)
 
 
-def build_tokenizer(tokenizer_config: Any, data_config: Any) -> Tokenizer:
+def build_tokenizer(tokenizer_config: Any, data_config: Any, base_model: str = '') -> Tokenizer:
   """Loads tokenizer.path, or trains on the corpus's train split at first use and caches it.
 
   kind 'hf_json': path is a Hugging Face tokenizer.json or a directory holding one (see
-  hf_tokenizer.py); nothing is trained.
+  hf_tokenizer.py); nothing is trained. An empty path reads the one of `base_model` (the
+  run's `model.init_from` directory).
   """
   kind = getattr(tokenizer_config, 'kind', 'sentencepiece')
   if kind not in TOKENIZER_KINDS:
     raise ConfigError(f"tokenizer.kind must be one of {', '.join(TOKENIZER_KINDS)}, got {kind!r}")
   path = getattr(tokenizer_config, 'path', '')
   if kind == 'hf_json':
+    path = path or base_model
     if not path:
-      raise ConfigError("tokenizer.path must name a tokenizer.json (or a directory holding one) "
-                        "when tokenizer.kind is 'hf_json'")
+      raise ConfigError("config key `tokenizer.path` must name a tokenizer.json (or a directory "
+                        "holding one) when `tokenizer.kind` is 'hf_json' and `model.init_from` "
+                        "is ''")
     from rlp_jax.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
     return hf_tokenizer.HFJsonTokenizer(path)
   if path:

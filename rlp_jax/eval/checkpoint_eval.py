@@ -48,7 +48,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
     raise DataError(f'--limit must be >= 1, got {limit}')
   workdir = os.path.abspath(workdir)
   params, step, source = load_evaluated_params(config, workdir, step)
-  tokenizer = build_tokenizer(config.tokenizer, config.data)
+  tokenizer = build_tokenizer(config.tokenizer, config.data, base_model=config.model.init_from)
   graphdef, _ = registry.abstract_params(config.model)
   evaluator = Evaluator(config, graphdef, tokenizer, load_documents(config.data, 'validation'),
                         limit=limit, progress_bar=progress_bar)

@@ -35,7 +35,8 @@ from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides
 from rlp_jax.train import signal_points
 from rlp_jax.train.state_sharding import create_sharded_state
 from rlp_jax.train.stop_request import StopRequest
-from rlp_jax.train.startup_checks import check_documents, check_workdir, prepare_workdir
+from rlp_jax.train.startup_checks import (check_base_model, check_documents, check_workdir,
+                                          prepare_workdir)
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.flops import next_token_step_flops, non_embedding_params, rlp_step_flops
 from rlp_jax.train.metrics_writer import MetricsWriter
@@ -106,6 +107,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
                               every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
+  if checkpointer.latest_step() is None:
+    check_base_model(config.model)  # a recipe without its base model: one line, nothing built
   stop.latest_checkpoint = checkpointer.latest_step
   stop.save_in_flight = checkpointer.save_in_progress
   stop.wait_for_saves = checkpointer.wait_until_finished
@@ -128,7 +131,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
                 stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
   """The run itself, once the checkpointer exists (`_train` closes it, waiting for saves)."""
   documents, tokenizer = _process_zero_first(lambda: (
-      load_documents(config.data), build_tokenizer(config.tokenizer, config.data)))
+      load_documents(config.data),
+      build_tokenizer(config.tokenizer, config.data, base_model=config.model.init_from)))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ConfigError(f'config key `model.vocab_size` ({config.model.vocab_size}) is smaller than '
                       f'the tokenizer vocabulary ({tokenizer.vocab_size})')
@@ -167,11 +171,11 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
     state, first_step, _ = restored  # loop steps (batches), as checkpoints are named
     _say(f'resumed from {checkpointer.directory} at step {first_step} '
          f'(data position {int(state.data_position)})')
-  elif config.model.init_from:
+  elif config.model.init_from:  # `state` is abstract here: no random θ was made (state_sharding)
     params, weights_source = load_init_params(config.model.init_from, config.model,
                                               shardings=state_sharding.params)
-    state = state.replace(params=params,
-                          teacher_params=jax.tree.map(jnp.copy, params) if use_rlp else None)
+    state, _ = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
+                                    config.mesh.rules, params=params)
     _say(f'starting from {weights_source}')
   else:
     _say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.errors import ConfigError, WorkdirError
@@ -56,3 +57,21 @@ def check_documents(batches: DocumentBatches, description: str, rlp_enabled: boo
   raise ConfigError(f'config key `rlp.min_context` ({min_context}): every document of '
                     f'{description} has at most {min_context} tokens with bos and eos, so no '
                     'position can be scored; lower rlp.min_context or use longer documents')
+
+
+_BASE_MODEL_EXAMPLES = {'dense': '/path/to/Qwen3-1.7B-Base',
+                        'hybrid': '/path/to/NVIDIA-Nemotron-Nano-12B-v2-Base'}
+
+
+def check_base_model(model_config: Any) -> None:
+  """A config that continues a pretrained base (`model.allow_random_init=False`, the recipes)
+  and names none: one line naming the key and an example, before anything is built. Called only
+  when the workdir has no checkpoint to resume."""
+  if model_config.init_from or model_config.allow_random_init:
+    return
+  example = _BASE_MODEL_EXAMPLES.get(model_config.family, '/path/to/base-model')
+  raise ConfigError(
+      'config key `model.init_from` is required: this config continues a pretrained base model '
+      f'(e.g. --config.model.init_from={example}, a Hugging Face safetensors directory or an '
+      'rlp_jax checkpoint); --config.model.allow_random_init=True trains from random weights '
+      'instead')

@@ -19,8 +19,21 @@ from rlp_jax.errors import UserInputError
 
 CONFIG_FILE_FLAG = 'config'
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              'configs', 'tiny.py')
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _configs_dir() -> str:
+  """The config files shipped with rlp_jax: `rlp_jax/configs/` in an installed wheel (pyproject.toml
+  maps the repository's top-level configs/ there), else the checkout's `configs/` (a checkout or an
+  editable install)."""
+  installed = os.path.join(_PACKAGE_DIR, 'configs')
+  if os.path.isfile(os.path.join(installed, 'tiny.py')):
+    return installed
+  return os.path.join(os.path.dirname(_PACKAGE_DIR), 'configs')
+
+
+CONFIGS_DIR = _configs_dir()
+DEFAULT_CONFIG = os.path.join(CONFIGS_DIR, 'tiny.py')
 
 
 def fail(message: str) -> None:
@@ -111,14 +124,34 @@ def _line_in_file(error: BaseException, path: str) -> int | None:
   return line
 
 
+def packaged_config(path: str) -> str | None:
+  """The shipped copy of `configs/NAME.py` (CONFIGS_DIR) for a relative `path` of that form that
+  does not exist from the working directory (an installed rlp_jax run outside a checkout), or
+  None."""
+  parts = os.path.normpath(path).split(os.sep)
+  if os.path.isabs(path) or len(parts) != 2 or parts[0] != 'configs' or os.path.exists(path):
+    return None
+  shipped = os.path.join(CONFIGS_DIR, parts[1])
+  return shipped if os.path.isfile(shipped) else None
+
+
 def with_default_config(argv: list[str]) -> list[str]:
-  """Adds `--config=configs/tiny.py` when no config file is named."""
-  if any(arg == f'--{CONFIG_FILE_FLAG}' or arg.startswith(f'--{CONFIG_FILE_FLAG}=')
-         for arg in argv[1:]):
-    path = config_file_path(argv)
-    if not os.path.isfile(path):
-      fail(f'config file not found: {path!r}')
-    return argv
+  """Adds `--config=<shipped configs>/tiny.py` when no config file is named, and points a
+  `--config=configs/NAME.py` that the working directory lacks at the shipped copy."""
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == f'--{CONFIG_FILE_FLAG}' or arg.startswith(f'--{CONFIG_FILE_FLAG}='):
+      path = config_file_path(argv)
+      shipped = packaged_config(path)
+      if shipped is not None:
+        argv = list(argv)
+        if arg == f'--{CONFIG_FILE_FLAG}' and i + 1 < len(argv):
+          argv[i + 1] = shipped + argv[i + 1][len(path):]  # keeps a `:argument`
+        else:
+          argv[i] = f'--{CONFIG_FILE_FLAG}=' + shipped + arg.partition('=')[2][len(path):]
+        path = shipped
+      if not os.path.isfile(path):
+        fail(f'config file not found: {path!r}')
+      return argv
   return argv[:1] + [f'--{CONFIG_FILE_FLAG}={DEFAULT_CONFIG}'] + argv[1:]
 
 

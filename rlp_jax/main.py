@@ -22,8 +22,9 @@ from rlp_jax.cli import config_from_flags, fail, flags_parser
 from rlp_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'ml_collections config file (default: configs/tiny.py); override keys with '
-    '--config.a.b=value.', lock_config=True)
+    'config', None, 'ml_collections config file (default: configs/tiny.py, shipped with rlp_jax; a '
+    'relative configs/NAME.py that the working directory lacks is read from the shipped copy); '
+    'override keys with --config.a.b=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, event files and '
                                'checkpoints; rerunning on the same workdir resumes. On several '
                                'hosts it must be one directory all of them share.')

@@ -18,8 +18,9 @@ from rlp_jax.cli import config_from_flags, fail, flags_parser
 from rlp_jax.errors import UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'ml_collections config file of the run (default: configs/tiny.py); override '
-    'keys with --config.a.b=value.', lock_config=True)
+    'config', None, 'ml_collections config file of the run (default: configs/tiny.py, shipped '
+    'with rlp_jax; a relative configs/NAME.py that the working directory lacks is read from the '
+    'shipped copy); override keys with --config.a.b=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'The run directory whose checkpoints/ to '
                                'evaluate; the report goes to WORKDIR/eval/step_N.json.')
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')

@@ -5,6 +5,11 @@
   an rlp_jax checkpoint dir   a `Checkpointer` directory (numbered step subdirectories) or a
                               workdir holding one under checkpoints/: θ (`params`) of the latest
                               step only; optimizer state, teacher and step start fresh
+
+With `shardings` (train(): those of the state), θ is created directly in them: each process reads
+only the slices its devices hold (safetensors slices; orbax restores into the target shardings).
+train/state_sharding.create_sharded_state(params=θ) then adds φ and the optimizer state; nothing
+is initialised randomly first.
 """
 from __future__ import annotations
 
@@ -38,7 +43,9 @@ def load_init_params(init_from: str, model_config: Any, shardings: Params | None
                      ) -> tuple[Params, str]:
   """Params of `model_config` from a HF model dir or an rlp_jax checkpoint dir, and a description.
 
-  DataError naming the path when it is missing or is neither kind of directory.
+  `shardings` (a pytree like the params): each parameter is created in its sharding, this process
+  reading only its devices' slices; default: whole, on the default device. DataError naming the
+  path when it is missing or is neither kind of directory.
   """
   path = os.path.abspath(os.path.expanduser(init_from))
   if not os.path.isdir(path):
@@ -72,7 +79,8 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
                               shardings: Params | None = None,
                               step: int | None = None) -> tuple[Params, int]:
   """(θ, step) of `step` (default: the latest) of a `Checkpointer` directory, cast to
-  `model.param_dtype`."""
+  `model.param_dtype`; restored straight into `shardings` (each process reads its shards only),
+  default: device 0."""
   _, abstract = registry.abstract_params(model_config)
   default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   if shardings is None:

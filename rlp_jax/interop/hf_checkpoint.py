@@ -7,8 +7,10 @@
 
 The parameter tree comes from `registry.abstract_params` (nothing allocated); every expected
 tensor must be present with the right shape (checked from the file headers before any data is
-read); tensors are read one at a time and cast to `model.param_dtype`. The tensor names, layouts
-and config.json translation of each family are its record's `hf` (models/hf_names/).
+read); parameters are made one at a time and cast to `model.param_dtype`. Given shardings, each
+is created in its sharding by `jax.make_array_from_callback`, reading only the slices this
+process's devices hold (`safe_open(...).get_slice`, interop/param_slices.py). The tensor names,
+layouts and config.json translation of each family are its record's `hf` (models/hf_names/).
 """
 from __future__ import annotations
 
@@ -24,10 +26,12 @@ import ml_dtypes
 import numpy as np
 
 from rlp_jax.errors import ConfigError, DataError
+from rlp_jax.interop.param_slices import normalise, param_slice
 from rlp_jax.interop.safetensors_io import SafetensorsReader, has_safetensors, write_safetensors
 from rlp_jax.models import registry
 from rlp_jax.models.family import HFNames
-from rlp_jax.models.hf_names.tensor_map import check_covers, get_at, path_to_string, set_at
+from rlp_jax.models.hf_names.tensor_map import (TensorMapping, check_covers, get_at,
+                                                path_to_string, set_at)
 
 CONFIG_FILE = 'config.json'
 Params = dict[str, Any]
@@ -106,6 +110,8 @@ class TensorSource(Protocol):
 
   def read(self, name: str) -> np.ndarray: ...
 
+  def read_slice(self, name: str, box: tuple[slice, ...]) -> np.ndarray: ...
+
 
 class InMemoryTensors:
   """A `TensorSource` over a dict of arrays (e.g. a torch state dict converted to numpy)."""
@@ -131,6 +137,9 @@ class InMemoryTensors:
   def read(self, name: str) -> np.ndarray:
     return np.asarray(self._tensors[name])
 
+  def read_slice(self, name: str, box: tuple[slice, ...]) -> np.ndarray:
+    return np.asarray(self._tensors[name])[box]
+
 
 def _resolve_name(name: str, source: TensorSource, hf: HFNames) -> str | None:
   if name in source:
@@ -148,7 +157,8 @@ def load_hf_params(hf_dir: str, model_config: Any, shardings: Params | None = No
   ConfigError naming the `model.*` key that differs from the directory's config.json (when it
   has one); DataError (naming the tensor and file) when a tensor is missing, has the wrong shape,
   or the checkpoint holds tensors the model has no place for. `shardings` (a pytree like the
-  params, of `jax.sharding.Sharding`) places each tensor as it is read; default: default device.
+  params, of `jax.sharding.Sharding`): each parameter is created in its sharding and this process
+  reads only the slices its devices hold; default: read whole, on the default device.
   """
   with SafetensorsReader(hf_dir) as reader:
     if os.path.isfile(os.path.join(reader.directory, CONFIG_FILE)):
@@ -185,11 +195,40 @@ def params_from_tensors(source: TensorSource | Mapping[str, Any], model_config: 
                       f'{", ".join(map(path_to_string, m.param_paths))} of the configured model')
   params: Params = {}
   for m in mappings:
-    for path, array in m.to_params(source.read(names[m.hf_name]), abstract):
-      array = np.asarray(array).astype(get_at(abstract, path).dtype)
+    for part, (path, _) in enumerate(m.parts):
       sharding = None if shardings is None else get_at(shardings, path)
-      set_at(params, path, jax.device_put(array, sharding))
+      set_at(params, path, _read_param(source, names[m.hf_name], m, part, abstract, sharding))
   return _in_tree_order(abstract, params)
+
+
+def _read_param(source: TensorSource, name: str, mapping: TensorMapping, part: int,
+                abstract: Params, sharding: jax.sharding.Sharding | None) -> jax.Array:
+  """One parameter from HF tensor `name`, cast to its dtype. With a sharding it is created in
+  that layout by `jax.make_array_from_callback`: only the slices this process's devices hold are
+  read, each once (devices holding the same slice share the read). Without, it is read whole and
+  put on the default device."""
+  path = mapping.parts[part][0]
+  leaf = get_at(abstract, path)
+  read_box = getattr(source, 'read_slice', None) or (lambda n, box: source.read(n)[box])
+
+  def read(index: tuple[slice, ...]) -> np.ndarray:
+    block = param_slice(mapping, part, abstract, index, lambda box: read_box(name, box),
+                        lambda: source.read(name))
+    return np.asarray(block).astype(leaf.dtype)
+
+  full = tuple(slice(None) for _ in leaf.shape)
+  if sharding is None:
+    return jax.device_put(read(full))
+  blocks: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+
+  def read_once(index: tuple[slice, ...]) -> np.ndarray:
+    key = normalise(index, tuple(leaf.shape))
+    if key not in blocks:
+      blocks[key] = read(index)
+    return blocks[key]
+  array = jax.make_array_from_callback(tuple(leaf.shape), sharding, read_once, dtype=leaf.dtype)
+  blocks.clear()
+  return array
 
 
 def _in_tree_order(reference: Params, params: Params) -> Params:

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds either one `model.safetensors` or shards named in
 `model.safetensors.index.json` (`{"weight_map": {tensor name: shard file}}`). `SafetensorsReader`
-opens every file lazily (`safe_open`) and reads a tensor only when asked, so a large checkpoint is
-never held in memory twice. `write_safetensors` writes tensors produced one at a time into a single
+opens every file lazily (`safe_open`) and reads a tensor, or one block of it (`read_slice`), only
+when asked, so a large checkpoint is never held in memory twice and a process can read just the
+slices its devices hold. `write_safetensors` writes tensors produced one at a time into a single
 file or into shards of bounded size with the index transformers expects.
 """
 from __future__ import annotations
@@ -108,6 +109,15 @@ class SafetensorsReader:
     path = self.file_of(name)
     try:
       return self._handle(path).get_tensor(name)
+    except Exception as e:
+      raise DataError(f'tensor {name} cannot be read from {path}: {e}') from e
+
+  def read_slice(self, name: str, box: tuple[slice, ...]) -> np.ndarray:
+    """The block `box` (one slice per axis) of the tensor, reading only its bytes
+    (`safe_open(...).get_slice(name)[box]`)."""
+    path = self.file_of(name)
+    try:
+      return self._handle(path).get_slice(name)[tuple(box)]
     except Exception as e:
       raise DataError(f'tensor {name} cannot be read from {path}: {e}') from e
 

@@ -1,7 +1,9 @@
 """Shardings of the train state, creating it already sharded, and the jitted step wrapper.
 
 θ, φ and the optimizer state are created inside one jit whose out_shardings come from the
-parameters' logical axes and the rules table, so no host ever holds a whole large model.
+parameters' logical axes and the rules table, so no host ever holds a whole large model. A run
+starting from `model.init_from` never initialises θ randomly: θ is read from the checkpoint in
+its sharding and φ and the optimizer state are created from it (`create_sharded_state(params=)`).
 """
 from __future__ import annotations
 
@@ -41,20 +43,58 @@ def state_shardings(abstract_state: TrainState, params_sharding: Any, tx: optax.
 def create_sharded_state(model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
                          seed: int, with_teacher: bool, mesh: Mesh, rules,
                          init_params: Callable[[], Any] | None = None,
+                         params: Any | None = None,
                          ) -> tuple[TrainState, TrainState]:
   """(state, its shardings), with every array created directly in its sharded layout.
 
-  `init_params` returns θ (default: a fresh random init from `seed`); it runs inside the jit.
+  θ is, in this order of precedence:
+    `params`       arrays already in their shardings (`param_shardings`, e.g. read from
+                   `model.init_from` by interop/checkpoint_init.load_init_params): kept as they
+                   are; φ (a copy) and the optimizer state are created from them by one jit, so
+                   the state holds θ + φ + optimizer state and nothing else was ever allocated;
+    `init_params`  a function returning θ, run inside the jit;
+    neither, with `model.init_from` set: nothing is created. The state is abstract
+                   (jax.ShapeDtypeStruct leaves carrying their shardings): the restore target of a
+                   resume, or replaced by the state built from the loaded θ (`params`). A random
+                   θ is never initialised for a run that starts from a checkpoint;
+    neither:       a fresh random init from `seed`, inside the jit.
   """
+  _, abstract_params = registry.abstract_params(model_config)
+
+  def create(theta: Any) -> TrainState:
+    return create_train_state(theta, tx, seed, with_teacher=with_teacher)
+
+  if init_params is not None:
+    abstract = jax.eval_shape(lambda: create(init_params()))
+  else:
+    abstract = jax.eval_shape(create, abstract_params)  # shapes only: no init is traced
+  shardings = state_shardings(abstract, param_shardings(model_config, mesh, rules), tx, mesh)
+  if params is not None:
+    _check_params(params, abstract_params, shardings.params)
+    rest = jax.jit(lambda theta: create(theta).replace(params=None),
+                   out_shardings=shardings.replace(params=None))(params)
+    return rest.replace(params=params), shardings
+  if init_params is None and model_config.get('init_from'):
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(
+        leaf.shape, leaf.dtype, sharding=sharding), abstract, shardings), shardings
   if init_params is None:
     init_params = lambda: registry.init_params(model_config, seed)[1]  # noqa: E731
+  return jax.jit(lambda: create(init_params()), out_shardings=shardings)(), shardings
 
-  def create() -> TrainState:
-    return create_train_state(init_params(), tx, seed, with_teacher=with_teacher)
 
-  abstract = jax.eval_shape(create)
-  shardings = state_shardings(abstract, param_shardings(model_config, mesh, rules), tx, mesh)
-  return jax.jit(create, out_shardings=shardings)(), shardings
+def _check_params(params: Any, abstract_params: Any, shardings: Any) -> None:
+  """θ given to `create_sharded_state` has the model's tree, shapes, dtypes and shardings."""
+  if jax.tree.structure(params) != jax.tree.structure(abstract_params):
+    raise ValueError('params do not have the parameter tree of the configured model')
+  for (path, leaf), want, sharding in zip(jax.tree_util.tree_leaves_with_path(params),
+                                          jax.tree.leaves(abstract_params),
+                                          jax.tree.leaves(shardings)):
+    where = jax.tree_util.keystr(path)
+    if (tuple(leaf.shape), leaf.dtype) != (tuple(want.shape), want.dtype):
+      raise ValueError(f'params{where} is {leaf.dtype}{list(leaf.shape)}, the model has '
+                       f'{want.dtype}{list(want.shape)}')
+    if not leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+      raise ValueError(f'params{where} is laid out as {leaf.sharding}, not {sharding}')
 
 
 class StepJit:

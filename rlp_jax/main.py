@@ -26,8 +26,9 @@ _CONFIG = config_flags.DEFINE_config_file(
     'relative configs/NAME.py that the working directory lacks is read from the shipped copy); '
     'override keys with --config.a.b=value.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for metrics, event files and '
-                               'checkpoints; rerunning on the same workdir resumes. On several '
-                               'hosts it must be one directory all of them share.')
+                               'checkpoints, local or a URL (gs://bucket/run); rerunning on the '
+                               'same workdir resumes. On several hosts it must be one directory '
+                               'all of them share.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, for a '
                                    'multi-process run started by hand (with --num_processes and '
                                    '--process_id); SLURM and Cloud TPU need none of these.')
@@ -65,10 +66,6 @@ def _main(argv: list[str], stop) -> None:
   config = config_from_flags(argv, _CONFIG)
   if not _WORKDIR.value and not _DRY_RUN.value:
     fail('--workdir is required (where metrics, event files and checkpoints go)')
-  if _WORKDIR.value and '://' in _WORKDIR.value:
-    fail(f'--workdir {_WORKDIR.value!r}: URL workdirs (gs://, s3://) are not supported; mount the '
-         'bucket or a shared filesystem on every host (gcsfuse, Filestore/NFS) and pass its local '
-         'path (docs/launch.md)')
   from rlp_jax.config import validate_config  # pylint: disable=import-outside-toplevel
   try:
     validate_config(config)

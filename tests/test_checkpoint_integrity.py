@@ -488,8 +488,8 @@ checkpointer.close()
 @pytest.mark.parametrize('how', ['truncated', 'flipped'])
 def test_two_processes_agree_when_only_one_reads_the_damage(tmp_path, how):
   """Process 1's shard file of step 20 is damaged: truncated, only process 1's read fails (the
-  processes gather their outcomes); flipped, the global checksum differs on both. Both fall back
-  to step 10, process 0 moves step 20 aside and names process 1 in its warning."""
+  processes gather their outcomes); flipped, process 1's read fails or the global checksum
+  differs on both. Both fall back to step 10, process 0 moves step 20 aside and warns once."""
   import socket  # pylint: disable=import-outside-toplevel
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -518,6 +518,13 @@ def test_two_processes_agree_when_only_one_reads_the_damage(tmp_path, how):
     assert row == dict(row, step=10, record={'step': 10}, same=True, steps=[10], damaged=['20'])
   warnings = [line for line in outputs[0].splitlines() if 'is damaged' in line]
   assert len(warnings) == 1 and 'checkpoint step 20 is damaged' in warnings[0]
-  assert ('on process 1: reading it failed' if how == 'truncated'
-          else 'checksum of params/kernel differs') in warnings[0]
+  # Truncated: only process 1's read fails. Flipped: whether zstd notices the flipped bytes
+  # depends on the compressed stream (the values' low bits differ between CPU code paths, e.g.
+  # --xla_cpu_max_isa=SSE4_2), so either process 1's read fails or the global checksum differs;
+  # that the checksum alone catches a flip orbax reads back is
+  # test_flipped_payload_bytes_pass_orbax_and_are_caught_by_the_checksum.
+  detectors = ['on process 1: reading it failed']
+  if how == 'flipped':
+    detectors.append('checksum of params/kernel differs')
+  assert any(detector in warnings[0] for detector in detectors), warnings[0]
   assert not any('is damaged' in line for line in outputs[1].splitlines())

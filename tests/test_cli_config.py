@@ -57,10 +57,17 @@ def test_missing_workdir_is_reported(tmp_path):
 
 
 @pytest.mark.subprocess
-def test_url_workdir_is_refused_not_written_under_the_cwd(tmp_path):
-  result = run_cli('--workdir=gs://bucket/run', cwd=str(tmp_path))
-  assert_one_line_error(result, 'gs://bucket/run', 'gcsfuse')
-  assert not os.listdir(tmp_path)  # nothing written to a local ./gs:/bucket/run
+def test_url_workdir_is_accepted_and_an_unusable_one_is_one_line(tmp_path):
+  """A gs:// workdir goes to the bucket (tests/test_url_paths.py runs a whole one); here no
+  backend can reach it (no network, no gcsfs): one line naming the workdir, and nothing written
+  under the working directory (no local ./gs:/bucket/run)."""
+  env_args = ('--config.train.num_steps=1',)
+  result = run_cli('--workdir=gs://bucket/run', *env_args, cwd=str(tmp_path))
+  assert_one_line_error(result, '--workdir gs://bucket/run is not usable')
+  assert not os.listdir(tmp_path)
+  result = run_cli('--workdir=nosuchscheme://bucket/run', *env_args, cwd=str(tmp_path))
+  assert_one_line_error(result, 'nosuchscheme://bucket/run', 'unknown URL scheme')
+  assert not os.listdir(tmp_path)
 
 
 @pytest.mark.subprocess

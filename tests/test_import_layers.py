@@ -12,8 +12,8 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'rlp_jax'
 
 # Lowest first. `errors` and `cli` depend on nothing of ours; `entry` holds the command lines.
-LAYERS = ('errors', 'parallel', 'data', 'models', 'objective', 'rollout', 'config', 'interop',
-          'eval', 'train', 'entry')
+LAYERS = ('errors', 'paths', 'parallel', 'data', 'models', 'objective', 'rollout', 'config',
+          'interop', 'eval', 'train', 'entry')
 ENTRY_POINTS = {'rlp_jax.main', 'rlp_jax.dry_run', 'rlp_jax.cli', 'rlp_jax.eval.__main__',
                 'rlp_jax.config.__main__', 'rlp_jax'}
 

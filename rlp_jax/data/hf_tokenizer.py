@@ -22,6 +22,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as RustTokenizer
 
+from rlp_jax import paths
 from rlp_jax.data.special_tokens import THINK_END, THINK_START
 from rlp_jax.errors import DataError
 
@@ -35,10 +36,11 @@ _FALLBACKS = {
 
 
 def resolve_tokenizer_file(path: str) -> str:
-  """`path` itself if it is a file, else `path`/tokenizer.json; DataError naming it if missing."""
-  path = os.path.abspath(os.path.expanduser(path))
-  candidate = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
-  if not os.path.isfile(candidate):
+  """`path` itself if it is a file, else `path`/tokenizer.json (local or a URL); DataError naming
+  it if missing."""
+  path = paths.resolve_str(path, 'tokenizer.path')
+  candidate = paths.join(path, TOKENIZER_FILE) if paths.is_dir(path) else path
+  if not paths.is_file(candidate):
     raise DataError(f'tokenizer.path: no such file {candidate}')
   return candidate
 
@@ -55,7 +57,7 @@ class HFJsonTokenizer:
   def __init__(self, path: str):
     self.path = resolve_tokenizer_file(path)
     try:
-      self._tokenizer = RustTokenizer.from_file(self.path)
+      self._tokenizer = RustTokenizer.from_str(paths.read_text(self.path))
     except Exception as e:  # tokenizers raises a plain Exception on bad files
       raise DataError(f'tokenizer.path: cannot load {self.path}: {e}') from e
     self._think_start_id = self._single_id(THINK_START)
@@ -86,12 +88,11 @@ class HFJsonTokenizer:
 
   def _configured_specials(self) -> dict[str, Any]:
     """The pad/bos/eos entries of tokenizer_config.json (absent keys stay absent)."""
-    config_path = os.path.join(os.path.dirname(self.path), TOKENIZER_CONFIG_FILE)
-    if not os.path.isfile(config_path):
+    config_path = paths.join(os.fspath(paths.as_path(self.path).parent), TOKENIZER_CONFIG_FILE)
+    if not paths.is_file(config_path):
       return {}
     try:
-      with open(config_path, encoding='utf-8') as f:
-        config = json.load(f)
+      config = json.loads(paths.read_text(config_path))
     except (OSError, ValueError) as e:
       raise DataError(f'tokenizer.path: cannot read {config_path}: {e}') from e
     return {name: (_token_text(config[f'{name}_token']), config_path)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 import io
-import os
-import tempfile
 from typing import Any, Protocol, runtime_checkable
 
 import sentencepiece as spm
 
+from rlp_jax import paths
 from rlp_jax.data.special_tokens import NEWLINE, THINK_END, THINK_START
 from rlp_jax.errors import ConfigError, DataError
 
@@ -63,13 +62,13 @@ class SentencePieceTokenizer:
   """A SentencePiece model with <think> / </think> user-defined symbols and pad/bos/eos ids."""
 
   def __init__(self, model_path: str | None = None, *, model_proto: bytes | None = None):
+    """`model_path` (local or a URL, read through rlp_jax.paths) or the model's bytes."""
     where = model_path or '<in-memory model>'
     self._sp = spm.SentencePieceProcessor()
     try:
-      if model_proto is not None:
-        self._sp.load_from_serialized_proto(model_proto)
-      else:
-        self._sp.load(model_path)
+      if model_proto is None:
+        model_proto = paths.read_bytes(model_path)
+      self._sp.load_from_serialized_proto(model_proto)
     except (OSError, RuntimeError) as e:
       raise DataError(f'tokenizer.path: cannot load sentencepiece model {where}: {e}') from e
     self.model_path = model_path
@@ -159,26 +158,13 @@ def train_sentencepiece_proto(documents: Iterable[str], vocab_size: int,
   return writer.getvalue()
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  directory = os.path.dirname(path) or '.'
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + '.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.unlink(tmp_path)
-    raise
-
-
 def train_sentencepiece(documents: Iterable[str], vocab_size: int, model_prefix: str,
                         model_type: str = 'bpe') -> SentencePieceTokenizer:
   """Trains on `documents`, writes `<model_prefix>.model` atomically and loads it."""
   path = model_prefix + '.model'
-  _write_atomically(path, train_sentencepiece_proto(documents, vocab_size, model_type))
-  return SentencePieceTokenizer(path)
+  proto = train_sentencepiece_proto(documents, vocab_size, model_type)
+  paths.write_atomically(path, proto)  # local or a URL data dir
+  return SentencePieceTokenizer(path, model_proto=proto)
 
 
 def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
@@ -186,7 +172,7 @@ def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
   from rlp_jax.data import corpora  # pylint: disable=import-outside-toplevel
   identity = corpora.corpus_identity(data_config)
   name = f'sp{TRAINING_RECIPE}_bpe_v{tokenizer_config.vocab_size}_{identity}'
-  return os.path.join(corpora.resolve_data_dir(data_config), 'tokenizers', name)
+  return paths.join(corpora.resolve_data_dir(data_config), 'tokenizers', name)
 
 
 def build_tokenizer(tokenizer_config: Any, data_config: Any, base_model: str = '') -> Tokenizer:
@@ -209,15 +195,15 @@ def build_tokenizer(tokenizer_config: Any, data_config: Any, base_model: str = '
     from rlp_jax.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
     return hf_tokenizer.HFJsonTokenizer(path)
   if path:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
+    path = paths.resolve_str(path, 'tokenizer.path')
+    if not paths.is_file(path):
       raise DataError(f'tokenizer.path: no such file {path}')
     return SentencePieceTokenizer(path)
   vocab_size = getattr(tokenizer_config, 'vocab_size', None)
   if not isinstance(vocab_size, int) or vocab_size < 1:
     raise ConfigError(f'tokenizer.vocab_size must be an int > 0, got {vocab_size!r}')
   prefix = cached_tokenizer_path(tokenizer_config, data_config)
-  if os.path.isfile(prefix + '.model'):
+  if paths.is_file(prefix + '.model'):
     return SentencePieceTokenizer(prefix + '.model')
   from rlp_jax.data import corpora  # pylint: disable=import-outside-toplevel
   return train_sentencepiece(corpora.load_documents(data_config, 'train'), vocab_size, prefix)

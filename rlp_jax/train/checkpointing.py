@@ -21,7 +21,6 @@ moves the directory, then all of them wait for it.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable
 
 import jax
@@ -31,6 +30,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from rlp_jax import paths
 from rlp_jax.errors import CheckpointError
 from rlp_jax.parallel.distributed import is_primary_process
 from rlp_jax.train.state_checksum import first_difference, leaf_name, state_checksums
@@ -104,10 +104,10 @@ class Checkpointer:
   """Saves the train state every `every` steps under `directory`, keeping the newest `keep`."""
 
   def __init__(self, directory: str, every: int, keep: int):
-    self.directory = os.path.abspath(directory)
+    self.directory = paths.resolve_str(directory, 'checkpoint directory')  # local or a URL
     self.every = every
     self._manager = ocp.CheckpointManager(
-        self.directory,
+        paths.as_path(self.directory),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
                        RECORD_ITEM: ocp.JsonCheckpointHandler()},
         # cleanup_tmp_directories: a save killed half-way leaves `<step>.orbax-checkpoint-tmp-*`
@@ -123,7 +123,7 @@ class Checkpointer:
 
   @property
   def damaged_directory(self) -> str:
-    return os.path.join(self.directory, DAMAGED_DIR)
+    return paths.join(self.directory, DAMAGED_DIR)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -306,22 +306,25 @@ class Checkpointer:
 
   def _step_path(self, step: int) -> Any:
     """The step's directory as orbax's path type (etils.epath.Path): `<directory>/<step>`."""
-    return type(self._manager.directory)(os.path.join(self.directory, str(step)))
+    return paths.as_path(paths.join(self.directory, str(step)))
 
   def _move_aside(self, step: int, reason: str) -> str:
     """Moves the step directory under damaged/ (process 0; the others wait); returns where."""
-    source = os.path.join(self.directory, str(step))
-    destination = os.path.join(self.damaged_directory, str(step))
+    source = paths.join(self.directory, str(step))
+    destination = paths.join(self.damaged_directory, str(step))
     suffix = 1
-    while os.path.exists(destination):
+    while paths.exists(destination):
       suffix += 1
-      destination = os.path.join(self.damaged_directory, f'{step}.{suffix}')
+      destination = paths.join(self.damaged_directory, f'{step}.{suffix}')
     failure = ''
     if is_primary_process():
+      # Local: one atomic rename. An object store renames by copying every file, then deleting
+      # the source: a crash between leaves a partial copy under damaged/ (orbax ignores it) and
+      # the step where it was, found damaged again and moved at the next start.
       try:
-        os.makedirs(self.damaged_directory, exist_ok=True)
-        os.rename(source, destination)
-      except OSError as error:
+        paths.makedirs(self.damaged_directory)
+        paths.rename(source, destination)
+      except Exception as error:  # pylint: disable=broad-exception-caught  # any backend's error
         failure = _first_line(error)
     failed = _gather(1 if failure else 0)  # every process learns whether process 0 moved it
     _sync(f'rlp_jax: damaged checkpoint {step} moved aside')

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import contextlib
-import os
 import time
 from typing import Any, Callable
 
@@ -21,6 +20,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from rlp_jax import paths
 from rlp_jax.config import validate_config
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
@@ -101,10 +101,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, stop_at_step: int | 
   tqdm.write(f'[rlp_jax] {describe_process()}')  # once per host
   if is_primary_process():
     prepare_workdir(workdir)
-    with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_atomically(paths.join(workdir, 'config.json'),
+                           config.to_json_best_effort(indent=2))
 
-  checkpointer = Checkpointer(os.path.join(workdir, 'checkpoints'),
+  checkpointer = Checkpointer(paths.join(workdir, 'checkpoints'),
                               every=config.train.checkpoint_every,
                               keep=config.train.keep_checkpoints)
   if checkpointer.latest_step() is None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import tempfile
+import time
 from typing import Mapping
 
 import numpy as np
 
+from rlp_jax import paths
 from rlp_jax.errors import DataError
 
 
@@ -17,39 +21,79 @@ class MetricsWriter:
   On resume, lines for steps after `resume_step` (logged after the last checkpoint by a run that
   was then interrupted) and a torn last line (a write cut off by a crash) are dropped, so the file
   holds each step once. The repaired file is written next to the live one and renamed over it
-  (`os.replace`), so a crash during the repair leaves the old file whole; it is never truncated
-  in place.
+  (`paths.write_atomically`), so a crash during the repair leaves the old file whole; it is never
+  truncated in place.
+
+  A URL workdir (`gs://…`, an object store: no append, a rename is copy + delete) keeps the rows
+  in memory and writes the whole file the same way at most every `flush_seconds` and at `close`
+  (a crash loses at most the rows of the last `flush_seconds`, which a resume from the last
+  checkpoint drops anyway when they are newer than it). TensorBoard event files are written to a
+  local staging directory and copied whole to `<workdir>/tensorboard/` at the same moments
+  (tensorboardX reaches gs:// only through its own google-cloud-storage writer).
 
   A non-finite value (a skipped step's NaN loss) is written as JSON `null`, so the file stays
   strict JSON; TensorBoard gets only the finite scalars, and every row carries `nonfinite_step`
   and `nonfinite_steps` (train/nonfinite.py), which show skipped steps there.
   """
 
-  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
-    self.jsonl_path = os.path.join(workdir, 'metrics.jsonl')
-    self.tensorboard_dir = os.path.join(workdir, 'tensorboard')
+  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True,
+               flush_seconds: float = 30.0):
+    self.jsonl_path = paths.join(workdir, 'metrics.jsonl')
+    self.tensorboard_dir = paths.join(workdir, 'tensorboard')
     self.enabled = enabled
+    self.remote = paths.is_url(workdir)
+    self.flush_seconds = flush_seconds
     self._tb = None
     if not enabled:
       return
-    _repair(self.jsonl_path, resume_step)
+    kept = _repair(self.jsonl_path, resume_step)
     from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-    self._tb = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1)
-    self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
+    if self.remote:
+      self._rows = kept
+      self._staging = tempfile.mkdtemp(prefix='rlp_jax_tensorboard_')
+      self._tb = SummaryWriter(self._staging, purge_step=resume_step + 1)
+      self._flushed_at = time.monotonic()
+    else:
+      self._tb = SummaryWriter(self.tensorboard_dir, purge_step=resume_step + 1)
+      self._jsonl = open(self.jsonl_path, 'a', encoding='utf-8')
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     row = {'step': int(step)}
     row.update({k: _to_float(v) for k, v in metrics.items()})
-    self._jsonl.write(json.dumps(_json_row(row), allow_nan=False) + '\n')
-    self._jsonl.flush()
+    line = json.dumps(_json_row(row), allow_nan=False) + '\n'
     for name, value in row.items():
       if name != 'step' and math.isfinite(value):
         self._tb.add_scalar(name, value, global_step=step)
+    if self.remote:
+      self._rows.append(line)
+      if time.monotonic() - self._flushed_at >= self.flush_seconds:
+        self.flush()
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+
+  def flush(self) -> None:
+    """A URL workdir: writes metrics.jsonl and the event files whole (local ones are always
+    flushed)."""
+    if not (self.enabled and self.remote):
+      return
+    paths.write_atomically(self.jsonl_path, ''.join(self._rows))
+    self._tb.flush()
+    for name in sorted(os.listdir(self._staging)):
+      with open(os.path.join(self._staging, name), 'rb') as f:
+        paths.write_atomically(paths.join(self.tensorboard_dir, name), f.read())
+    self._flushed_at = time.monotonic()
 
   def close(self) -> None:
-    if self.enabled:
+    if not self.enabled:
+      return
+    if self.remote:
+      self._tb.close()
+      self.flush()
+      shutil.rmtree(self._staging, ignore_errors=True)
+    else:
       self._jsonl.close()
       self._tb.close()
 
@@ -66,8 +110,7 @@ def _json_row(row: dict[str, float]) -> dict[str, float | None]:
 def _kept_lines(path: str, step: int) -> list[str]:
   """The lines of `path` for steps <= `step`; a last line that is not a whole JSON row (a write
   cut off by a crash) is dropped."""
-  with open(path, encoding='utf-8', errors='replace') as f:
-    lines = f.read().split('\n')
+  lines = paths.read_text(path).split('\n')
   kept = []
   for number, line in enumerate(lines):
     if not line.strip():
@@ -85,41 +128,17 @@ def _kept_lines(path: str, step: int) -> list[str]:
   return kept
 
 
-def _repair(path: str, step: int) -> None:
+def _repair(path: str, step: int) -> list[str]:
   """Rewrites `path` with the rows of steps <= `step` into a new file and renames it over the old
-  one (never truncating the live file)."""
-  if not os.path.exists(path):
-    return
+  one (never truncating the live file); returns the rows kept."""
+  if not paths.exists(path):
+    return []
   kept = _kept_lines(path, step)
-  temporary = f'{path}.tmp'
-  try:
-    with open(temporary, 'w', encoding='utf-8') as f:
-      f.writelines(kept)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-  _fsync_directory(os.path.dirname(path))
-
-
-def _fsync_directory(directory: str) -> None:
-  """Makes the rename durable (where the platform allows opening a directory)."""
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+  paths.write_atomically(path, ''.join(kept))
+  return kept
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   """The rows of `workdir/metrics.jsonl`, in order (non-finite values are `None`)."""
-  with open(os.path.join(workdir, 'metrics.jsonl'), encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = paths.read_text(paths.join(workdir, 'metrics.jsonl'))
+  return [json.loads(line) for line in text.split('\n') if line.strip()]

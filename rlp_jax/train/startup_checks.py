@@ -6,37 +6,62 @@ from __future__ import annotations
 import os
 import tempfile
 from typing import Any
+import uuid
 
+from rlp_jax import paths
 from rlp_jax.data.batches import DocumentBatches
-from rlp_jax.errors import ConfigError, WorkdirError
+from rlp_jax.errors import ConfigError, UserInputError, WorkdirError
 
 
 def check_workdir(workdir: str) -> str:
-  """The absolute workdir; WorkdirError when it, or a directory above it, is not a directory.
+  """The workdir as the one path type resolves it (local: absolute; a URL: as given); WorkdirError
+  when it, or (local) a directory above it, is not a directory, or a URL names an unknown scheme.
   Reads only (a workdir that does not exist yet is fine)."""
-  workdir = os.path.abspath(workdir)
-  path = workdir
+  try:
+    resolved = paths.resolve_str(workdir, '--workdir')
+  except UserInputError as error:
+    raise WorkdirError(str(error)) from None
+  if paths.is_url(resolved):  # an object store: only the workdir itself can be a file
+    try:
+      if paths.exists(resolved) and not paths.is_dir(resolved):
+        raise WorkdirError(f'--workdir {resolved} is a file, not a directory')
+    except WorkdirError:
+      raise
+    except Exception as error:  # pylint: disable=broad-exception-caught
+      raise WorkdirError(f'--workdir {resolved} is not usable: {paths.reason(error)}') from None
+    return resolved
+  path = resolved
   while True:
     if os.path.lexists(path) and not os.path.isdir(path):
-      if path == workdir:
-        raise WorkdirError(f'--workdir {workdir} is a file, not a directory')
-      raise WorkdirError(f'--workdir {workdir}: {path} is a file, not a directory')
+      if path == resolved:
+        raise WorkdirError(f'--workdir {resolved} is a file, not a directory')
+      raise WorkdirError(f'--workdir {resolved}: {path} is a file, not a directory')
     parent = os.path.dirname(path)
     if parent == path:
-      return workdir
+      return resolved
     path = parent
+
+
+PROBE_PREFIX = '.rlp_jax_write_probe_'
 
 
 def prepare_workdir(workdir: str) -> str:
   """Creates the workdir (and its parents) and proves it writable with a probe file; returns the
-  absolute path. WorkdirError, naming the path and the reason, when it cannot be used."""
+  resolved path. WorkdirError, naming the path and the reason, when it cannot be used (a bucket
+  that does not exist, no permission, no backend for the scheme)."""
   workdir = check_workdir(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir, prefix='.rlp_jax_write_probe_'):
-      pass
-  except OSError as error:
-    raise WorkdirError(f'--workdir {workdir} is not usable: {error.strerror or error}') from None
+    if paths.is_url(workdir):
+      paths.makedirs(workdir)
+      probe = paths.as_path(paths.join(workdir, f'{PROBE_PREFIX}{uuid.uuid4().hex}'))
+      probe.write_bytes(b'')
+      probe.unlink(missing_ok=True)
+    else:
+      os.makedirs(workdir, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=workdir, prefix=PROBE_PREFIX):
+        pass
+  except Exception as error:  # pylint: disable=broad-exception-caught  # any backend's error
+    raise WorkdirError(f'--workdir {workdir} is not usable: {paths.reason(error)}') from None
   return workdir
 
 

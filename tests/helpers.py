@@ -267,3 +267,20 @@ def train_byte_level_bpe(path: Any, specials: Sequence[str] = BPE_SPECIALS,
   tok.train_from_iterator(bpe_documents(), trainer=trainer)
   tok.save(str(path))
   return str(path)
+
+
+def wait_for_processes(processes: Sequence[Any], timeout: float) -> list[str]:
+  """The outputs of the `subprocess.Popen` jobs of one multi-process test, each of which must exit
+  0 within `timeout` seconds; those still running when one fails are killed (a process whose peer
+  died would otherwise wait on its collectives forever)."""
+  outputs = []
+  try:
+    for process in processes:
+      outputs.append(process.communicate(timeout=timeout)[0])
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for process, output in zip(processes, outputs):
+    assert process.returncode == 0, output[-4000:]
+  return outputs

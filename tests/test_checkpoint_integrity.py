@@ -26,6 +26,7 @@ from rlp_jax.errors import CheckpointError
 from rlp_jax.train.checkpointing import Checkpointer
 from rlp_jax.train.state import create_train_state
 from rlp_jax.train.state_checksum import MULTIPLIER, state_checksums
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -501,16 +502,7 @@ def test_two_processes_agree_when_only_one_reads_the_damage(tmp_path, how):
       [sys.executable, '-c', TWO_PROCESS_SCRIPT, f'localhost:{port}', str(i), directory, how],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
                for i in range(2)]
-  outputs = []
-  try:
-    for process in processes:
-      outputs.append(process.communicate(timeout=240)[0])
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-4000:]
+  outputs = helpers.wait_for_processes(processes, timeout=240)
   rows = [json.loads(line) for output in outputs for line in output.splitlines()
           if line.startswith('{')]
   assert [row['process'] for row in rows] == [0, 1]

@@ -497,16 +497,7 @@ def test_two_processes_each_read_only_their_slices(tmp_path):
              PYTHONPATH=REPO)
   processes = [_python(['two', f'localhost:{port}', str(i), str(tmp_path)], env, 300)
                for i in range(2)]
-  outputs = []
-  try:
-    for process in processes:
-      outputs.append(process.communicate(timeout=300)[0])
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-4000:]
+  outputs = helpers.wait_for_processes(processes, timeout=300)
   rows = [_result(output) for output in outputs]
   assert [row['process'] for row in rows] == [0, 1]
   for row in rows:

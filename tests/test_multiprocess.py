@@ -15,6 +15,8 @@ import sys
 import numpy as np
 import pytest
 
+from tests import helpers
+
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # three CLI runs, two of them 2 processes
 
 # A constant learning rate keeps the schedule independent of train.num_steps, so a run of 2 steps
@@ -60,17 +62,7 @@ def run_two_processes(workdir, data_dir, num_steps, signal_process_1=None):
               '--num_processes=2', f'--process_id={i}'),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=env_1 if i == 1 else environment(2)) for i in range(2)]
-  outputs = []
-  try:
-    for process in processes:
-      outputs.append(process.communicate(timeout=300)[0])
-  finally:
-    for process in processes:
-      if process.poll() is None:
-        process.kill()
-  for process, output in zip(processes, outputs):
-    assert process.returncode == 0, output[-4000:]
-  return outputs
+  return helpers.wait_for_processes(processes, timeout=300)
 
 
 def read_metrics(workdir):

@@ -162,3 +162,11 @@ def is_primary_process() -> bool:
   """True on process 0, the one that prints and writes metrics."""
   import jax  # pylint: disable=import-outside-toplevel
   return jax.process_index() == 0
+
+
+def say(message: str) -> None:
+  """Prints `[rlp_jax] message` on process 0 only (every process runs the same loop), above any
+  progress bar."""
+  if is_primary_process():
+    from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+    tqdm.write(f'[rlp_jax] {message}')

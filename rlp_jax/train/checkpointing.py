@@ -28,11 +28,10 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
-from tqdm import tqdm
 
 from rlp_jax import paths
 from rlp_jax.errors import CheckpointError
-from rlp_jax.parallel.distributed import is_primary_process
+from rlp_jax.parallel.distributed import is_primary_process, say
 from rlp_jax.train.state_checksum import first_difference, leaf_name, state_checksums
 
 STATE_ITEM = 'default'  # orbax's name for a single item: plain readers find the state here
@@ -40,11 +39,6 @@ RECORD_ITEM = 'record'
 RECORD_VERSION = 1
 DAMAGED_DIR = 'damaged'
 _MARKER = {'rlp_jax_record': RECORD_VERSION}  # the state item's custom metadata: a record exists
-
-
-def _say(message: str) -> None:
-  if is_primary_process():
-    tqdm.write(f'[rlp_jax] {message}')
 
 
 def _first_line(error: BaseException, limit: int = 300) -> str:
@@ -186,7 +180,7 @@ class Checkpointer:
       for damaged_step, reason in damaged:
         moved = self._move_aside(damaged_step, reason)
         following = steps[steps.index(damaged_step) + 1]
-        _say(f'warning: checkpoint step {damaged_step} is damaged ({reason}); moved it to '
+        say(f'warning: checkpoint step {damaged_step} is damaged ({reason}); moved it to '
              f'{moved} and falling back to step {following}')
       state, record = outcome
       return state, step, record
@@ -253,7 +247,7 @@ class Checkpointer:
       if differing is not None:
         return f'checksum of {differing} differs'
     else:
-      _say(f'warning: checkpoint step {step} was written without checksums (by an older rlp_jax); '
+      say(f'warning: checkpoint step {step} was written without checksums (by an older rlp_jax); '
            'restored it unverified')
     if legacy_count:
       state = state.replace(nonfinite_steps=jnp.zeros((), jnp.int32))

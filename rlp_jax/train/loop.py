@@ -28,7 +28,7 @@ from rlp_jax.data.corpora import load_documents
 from rlp_jax.errors import ConfigError, NonFiniteError
 from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
-from rlp_jax.parallel.distributed import describe_process, is_primary_process
+from rlp_jax.parallel.distributed import describe_process, is_primary_process, say
 from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides, process_rows,
                                              put_batch, replicated)
@@ -56,12 +56,6 @@ class TrainResult:
   tensorboard_dir: str
   checkpoint_dir: str
   first_step: int  # step the run started (resumed) from
-
-
-def _say(message: str) -> None:
-  """Prints on process 0 only (every process runs the same loop)."""
-  if is_primary_process():
-    tqdm.write(f'[rlp_jax] {message}')
 
 
 def _process_zero_first(build: Callable[[], Any]) -> Any:
@@ -163,24 +157,24 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   def check_record(record: dict | None, step: int) -> None:
     for note in check_resume(record, identity, config.train.allow_data_change,
                              checkpoint=f'checkpoint {step} in {checkpointer.directory}'):
-      _say(note)
+      say(note)
 
   # Verified (checksums), falling back past damaged steps; refused when what it depends on changed.
   restored = checkpointer.restore_latest(state, check_record=check_record)
   if restored is not None:
     state, first_step, _ = restored  # loop steps (batches), as checkpoints are named
-    _say(f'resumed from {checkpointer.directory} at step {first_step} '
+    say(f'resumed from {checkpointer.directory} at step {first_step} '
          f'(data position {int(state.data_position)})')
   elif config.model.init_from:  # `state` is abstract here: no random θ was made (state_sharding)
     params, weights_source = load_init_params(config.model.init_from, config.model,
                                               shardings=state_sharding.params)
     state, _ = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
                                     config.mesh.rules, params=params)
-    _say(f'starting from {weights_source}')
+    say(f'starting from {weights_source}')
   else:
-    _say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
+    say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
   writer = MetricsWriter(workdir, resume_step=first_step, enabled=is_primary_process())
-  _say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
+  say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
        f'writing to {workdir}')
 
   flops_n = non_embedding_params(config.model)  # for the `step_flops` metric (train/flops.py)
@@ -221,7 +215,7 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
         progress.clear()
         eval_metrics = evaluator.evaluate(state.params)['metrics']
         metrics = dict(metrics, **{f'eval/{k}': v for k, v in eval_metrics.items()})
-        _say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
+        say(f'eval at step {step}: ' + _eval_summary(eval_metrics))
       if (step % config.train.log_every == 0 or step == last_step or stop.requested
           or evaluated or diverged):
         writer.write(step, metrics)
@@ -253,12 +247,12 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       _stop_before_training(stop, checkpointer)
     raise stop.stopped(f'at step {step}: checkpoint {checkpointer.latest_step()} saved; '
                        'rerun the same command to resume')
-  _say(f'done at step {step}.')
+  say(f'done at step {step}.')
   for line in run_summary(history):
-    _say(line)
-  _say(f'metrics:     {writer.jsonl_path}')
-  _say(f'tensorboard: {writer.tensorboard_dir}')
-  _say(f'checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})')
+    say(line)
+  say(f'metrics:     {writer.jsonl_path}')
+  say(f'tensorboard: {writer.tensorboard_dir}')
+  say(f'checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})')
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
@@ -269,7 +263,7 @@ def _make_evaluator(config: ml_collections.ConfigDict, graphdef: Any, tokenizer:
   if not config.train.eval_every:
     return None
   if jax.process_count() > 1:
-    _say('train.eval_every: evaluation during training runs in single-process runs only; '
+    say('train.eval_every: evaluation during training runs in single-process runs only; '
          'evaluate the checkpoints with `python -m rlp_jax.eval` instead')
     return None
   from rlp_jax.eval.evaluator import Evaluator  # pylint: disable=import-outside-toplevel

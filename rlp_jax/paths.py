@@ -1,20 +1,33 @@
 """The one path type of rlp_jax: `etils.epath.Path` (the type orbax takes), local or a URL.
 
-A user path (`--workdir`, `data.data_dir`, `tokenizer.path`) is either local (`~` expanded, made
-absolute) or a URL whose scheme epath knows (`gs://`, `s3://`, `az://`, `hf://`; epath reaches
-them through `tf.io.gfile` when TensorFlow is installed, else through fsspec: gcsfs, s3fs, ...).
-Every file the package reads or writes under such a path goes through the helpers here.
+A user path (`--workdir`, `data.data_dir`, `data.files`, `tokenizer.path`, `model.init_from`,
+export `--out`, `eval.benchmarks`) is either local (`~` expanded, made absolute) or a URL whose
+scheme epath knows (`gs://`, `s3://`, `az://`, `hf://`; epath reaches them through `tf.io.gfile`
+when TensorFlow is installed, else through fsspec: gcsfs, s3fs, ...). Every file the package
+reads or writes under such a path goes through the helpers here.
 
 Object stores have no append and no atomic rename (a rename is a copy, then a delete), so the
 writers above branch on `is_url` only where that matters (metrics.jsonl, TensorBoard event files,
 the TFDS corpus files, which array_record reads and writes on a local disk only): the local branch
 keeps the POSIX guarantees (fsync, atomic `os.replace`), the URL branch writes whole objects.
+A few helpers keep a local branch for speed or compatibility: `glob` (Python's `glob` locally, so
+`**` still recurses), `size_and_mtime` (nanosecond mtimes locally, which name existing corpora),
+and the safetensors reader (interop/safetensors_io.py: memory-mapped locally, ranged reads at a
+URL).
+
+What stays local on purpose: the config files (`--config`, Python that ml_collections imports),
+the TFDS/array_record corpus files (built in a local staging directory, data/corpora.py), the
+TensorBoard staging files, the device probes under /sys (parallel/distributed.py) and the docs
+page config/markdown.py regenerates inside the repository.
 """
 from __future__ import annotations
 
+import glob as glob_lib
+import io
 import os
+import posixpath
 import tempfile
-from typing import Union
+from typing import IO, Union
 
 from etils import epath
 
@@ -88,6 +101,64 @@ def read_bytes(path: PathLike) -> bytes:
 def read_text(path: PathLike) -> str:
   with as_path(path).open('rb') as f:
     return f.read().decode('utf-8', errors='replace')
+
+
+def read_utf8(path: PathLike) -> IO[str]:
+  """`path` opened for reading as strict UTF-8 text with universal newlines (as `open(path,
+  encoding='utf-8')`); a UnicodeDecodeError surfaces on the read that meets bad bytes."""
+  return io.TextIOWrapper(as_path(path).open('rb'), encoding='utf-8')
+
+
+def write_bytes(path: PathLike, data: bytes) -> None:
+  """Writes `data` to `path` whole (an object on a store; a plain write locally)."""
+  as_path(path).write_bytes(data)
+
+
+def remove(path: PathLike) -> None:
+  """Removes the file `path` if it exists."""
+  as_path(path).unlink(missing_ok=True)
+
+
+def size_and_mtime(path: PathLike) -> tuple[int, int]:
+  """(bytes, modification time) of a file: locally st_size and st_mtime_ns, at a URL the
+  store's size and its update time in seconds."""
+  text = os.fspath(path)
+  if not is_url(text):
+    stat = os.stat(text)
+    return stat.st_size, stat.st_mtime_ns
+  stat = as_path(text).stat()
+  return int(stat.length), int(stat.mtime)
+
+
+def has_magic(pattern: str) -> bool:
+  """Whether `pattern` holds glob characters (`*`, `?`, `[`)."""
+  return glob_lib.has_magic(pattern)
+
+
+def glob(pattern: str, what: str) -> list[str]:
+  """The paths matching the glob `pattern`, sorted (a pattern without glob characters: itself
+  when it exists).
+
+  Local: `~` expanded, `**` recursive, results absolute. URL: `*`, `?` and `[...]` in any part
+  after the bucket; `**` is refused (a UserInputError naming `what`), since epath does not walk an
+  object store recursively."""
+  if not has_magic(pattern):
+    path = resolve_str(pattern, what)
+    return [path] if exists(path) else []
+  if not is_url(pattern):
+    matches = sorted(glob_lib.glob(os.path.expanduser(pattern), recursive=True))
+    return [os.path.abspath(match) for match in matches]
+  resolve(pattern, what)  # a known scheme
+  if '**' in pattern:
+    raise UserInputError(f'{what} {pattern}: `**` is not supported in a URL; use one `*` per '
+                         'directory level')
+  scheme, rest = pattern.split('://', 1)
+  parts = rest.split('/')
+  first = next(i for i, part in enumerate(parts) if has_magic(part))
+  if first == 0:
+    raise UserInputError(f'{what} {pattern}: the bucket name cannot be a glob')
+  base = f'{scheme}://' + '/'.join(parts[:first])
+  return sorted(os.fspath(match) for match in as_path(base).glob(posixpath.join(*parts[first:])))
 
 
 def write_atomically(path: PathLike, data: str | bytes) -> None:

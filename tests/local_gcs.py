@@ -11,21 +11,43 @@ the tensorstore kvstore spec) runs exactly as for a real bucket:
   a bucket that was not created (`make_bucket`) does not exist.
 - orbax: `gcs_utils.get_kvstore_for_gcs` (the tensorstore `gcs` driver spec) returns the `file`
   driver spec of the mapped directory, and the HNS-folder clean-up is off (it asks the GCS API).
+
+`record_reads(monkeypatch)` logs every `read` on a file opened for reading through the stand-in
+(bucket path, offset, bytes returned): what a process fetched from the bucket.
 """
 from __future__ import annotations
 
 import os
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.local import LocalFileOpener, LocalFileSystem
 
 from etils.epath import backend as epath_backend
+
+
+class RecordedReads(list):
+  """(bucket path, offset, bytes returned) of every read through the stand-in."""
+
+
+class _RecordingOpener(LocalFileOpener):
+  """A file opened for reading whose `read`s are logged in `log`."""
+
+  def __init__(self, *args, log: RecordedReads, name: str, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._log, self._name = log, name
+
+  def read(self, *args, **kwargs):
+    offset = self.f.tell()
+    data = self.f.read(*args, **kwargs)
+    self._log.append((self._name, offset, len(data)))
+    return data
 
 
 class LocalBucketFileSystem(LocalFileSystem):
   protocol = ('gs', 'gcs')
   root_marker = ''
   bucket_root = ''
+  read_log: RecordedReads | None = None
 
   def __init__(self, *args, **kwargs):
     super().__init__(auto_mkdir=True)
@@ -72,6 +94,9 @@ class LocalBucketFileSystem(LocalFileSystem):
       raise NotImplementedError('File mode not supported')  # as gcsfs
     if 'w' in mode:
       self._check_bucket(path)
+    if 'r' in mode and self.read_log is not None:
+      local = self._strip_protocol(path)
+      return _RecordingOpener(local, mode, fs=self, log=self.read_log, name=self._name(local))
     return super()._open(path, mode=mode, **kwargs)
 
   def makedirs(self, path, exist_ok=False):
@@ -114,6 +139,14 @@ def use_local_gcs(root, monkeypatch) -> str:
   monkeypatch.setattr(gcs_utils, 'get_kvstore_for_gcs', file_kvstore)
   monkeypatch.setattr(gcs_utils, 'is_hierarchical_namespace_enabled', lambda path: False)
   return root
+
+
+def record_reads(monkeypatch) -> RecordedReads:
+  """From now on (undone with `monkeypatch`), every read through the stand-in is logged in the
+  returned list."""
+  log = RecordedReads()
+  monkeypatch.setattr(LocalBucketFileSystem, 'read_log', log)
+  return log
 
 
 def make_bucket(root, name: str) -> str:

@@ -11,7 +11,7 @@ from rlp_jax.config.markdown import DOCS_PATH, generated_block, render_markdown
 from rlp_jax.data.corpora import CORPORA
 from rlp_jax.data.tokenizer import TOKENIZER_KINDS
 from rlp_jax.errors import ConfigError
-from rlp_jax.models.layers import DTYPES, REMAT_CHOICES
+from rlp_jax.models.layers import DTYPES, REMAT_POLICIES
 from rlp_jax.models.registry import FAMILIES
 from rlp_jax.objective.advantage import ADVANTAGE_ESTIMATORS
 from rlp_jax.rollout.positions import POSITION_RULES
@@ -79,7 +79,7 @@ def test_declarations_are_one_line_and_grouped_in_known_sections():
 
 
 def test_choices_are_the_implementations_tables():
-  assert KEYS_BY_NAME['model.remat'].choices is REMAT_CHOICES
+  assert KEYS_BY_NAME['model.remat_policy'].choices is REMAT_POLICIES
   assert KEYS_BY_NAME['model.param_dtype'].choices is DTYPES
   assert KEYS_BY_NAME['model.compute_dtype'].choices is DTYPES
   assert KEYS_BY_NAME['data.corpus'].choices is CORPORA

@@ -212,19 +212,20 @@ def test_bf16_compute_close_to_fp32(param_dtype):
   assert error <= 5e-2
 
   cache = registry.init_cache(bf16_config, 2, 12)
-  assert all(x.dtype == jnp.bfloat16 for x in cache.keys + cache.values)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(cache.layers))
   cached_logits, cache = _jitted_forward(graphdef16, params, jnp.asarray(tokens),
                                          jnp.asarray(positions), jnp.asarray(mask), cache)
-  assert all(x.dtype == jnp.bfloat16 for x in cache.keys + cache.values)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(cache.layers))
   assert relative_error(cached_logits, reference) <= 5e-2
 
 
 def test_init_cache_layout():
   config = tiny_config()
   cache = registry.init_cache(config, batch_size=3, max_len=10)
-  assert len(cache.keys) == len(cache.values) == config.num_layers
+  assert len(cache.layers.entries) == config.num_layers
+  assert all(len(kv) == 2 for kv in cache.layers.entries)
   assert all(x.shape == (3, 10, 2, 16) and x.dtype == jnp.float32
-             for x in cache.keys + cache.values)
+             for x in jax.tree.leaves(cache.layers))
   assert cache.valid.shape == (3, 10) and not np.any(np.asarray(cache.valid))
   assert cache.index.dtype == jnp.int32 and cache.index.shape == () and int(cache.index) == 0
 

@@ -39,6 +39,11 @@ def randomise(params, seed: int):
 _jitted_forward = jax.jit(registry.forward, static_argnums=0)
 
 
+def mamba_leaves(config, cache) -> list:
+  """Every array of the cache's Mamba2 states, in layer order."""
+  return jax.tree.leaves(cache.layers.of_kind(registry.layer_plan(config), 'M'))
+
+
 def full_forward(graphdef, params, tokens, token_mask=None):
   tokens = jnp.asarray(tokens)
   logits, cache = _jitted_forward(graphdef, params, tokens, jnp.zeros_like(tokens),
@@ -229,8 +234,8 @@ def test_cached_decode_matches_full_forward():
                                    tokens[:, :6])
   second_logits, split_cache = step(params, split_cache, tokens[:, 6:])
   split_error = relative_error(np.concatenate([first_logits, second_logits], axis=1), one_logits)
-  state_error = max(relative_error(a, b) for a, b in zip(jax.tree.leaves(split_cache.mamba),
-                                                         jax.tree.leaves(one_cache.mamba)))
+  state_error = max(relative_error(a, b) for a, b in zip(mamba_leaves(config, split_cache),
+                                                         mamba_leaves(config, one_cache)))
   print(f'split prefill vs one prefill: logits {split_error:.2e}, states {state_error:.2e}')
   assert split_error <= 1e-5 and state_error <= 1e-5
   assert relative_error(one_logits, expected) <= 1e-5
@@ -274,7 +279,7 @@ def test_left_padded_ragged_rows_match_unpadded_rows():
 
   # A masked one-token step (a finished row) leaves that row's Mamba states untouched.
   _, after = step(params, cache, np.array([[3], [4]], np.int32), np.array([[False], [True]]))
-  for old, new in zip(jax.tree.leaves(cache.mamba), jax.tree.leaves(after.mamba)):
+  for old, new in zip(mamba_leaves(config, cache), mamba_leaves(config, after)):
     np.testing.assert_array_equal(np.asarray(old)[0], np.asarray(new)[0])
     assert not np.array_equal(np.asarray(old)[1], np.asarray(new)[1])
 
@@ -282,16 +287,20 @@ def test_left_padded_ragged_rows_match_unpadded_rows():
 def test_init_cache_layout():
   config = decode_config()
   cache = registry.init_cache(config, batch_size=3, max_len=10)
-  assert len(cache.attention.keys) == len(cache.attention.values) == 1
-  assert cache.attention.keys[0].shape == (3, 10, 2, 16)
-  assert len(cache.mamba) == 2
-  for state in cache.mamba:
+  plan = registry.layer_plan(config)
+  attention, mamba = cache.layers.of_kind(plan, '*'), cache.layers.of_kind(plan, 'M')
+  assert len(attention) == 1 and all(a.shape == (3, 10, 2, 16) for a in attention[0])
+  assert len(mamba) == 2
+  assert all(value is None for value in cache.layers.of_kind(plan, '-'))
+  for state in mamba:
     assert state.conv_x.shape == (3, 3, 8, 8) and state.conv_x.dtype == jnp.float32
     assert state.conv_b.shape == state.conv_c.shape == (3, 3, 2, 16)
     assert state.ssm.shape == (3, 8, 8, 16) and state.ssm.dtype == jnp.float32
-  bf16 = registry.init_cache(tiny_config(compute_dtype='bfloat16'), 1, 4)
-  assert bf16.mamba[0].conv_x.dtype == jnp.bfloat16 and bf16.mamba[0].ssm.dtype == jnp.float32
-  assert int(cache.index) == 0 and not np.any(np.asarray(cache.attention.valid))
+  bf16_config = tiny_config(compute_dtype='bfloat16')
+  bf16 = registry.init_cache(bf16_config, 1, 4).layers.of_kind(registry.layer_plan(bf16_config),
+                                                               'M')
+  assert bf16[0].conv_x.dtype == jnp.bfloat16 and bf16[0].ssm.dtype == jnp.float32
+  assert int(cache.index) == 0 and not np.any(np.asarray(cache.valid))
 
 
 # ---------------------------------------------------------------------------------------------

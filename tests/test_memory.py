@@ -25,11 +25,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def model_config(family: str, remat: str = 'none'):
-  """The tiny CPU model of that family (hybrid: every layer kind), with `model.remat` set."""
+  """The tiny CPU model of that family (hybrid: every layer kind), with `model.remat_policy`."""
   config = base_config()
   config.tokenizer.vocab_size = 64
   config.model.update(dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_heads=4,
-                           num_kv_heads=2, head_dim=8, init_std=0.2, remat=remat))
+                           num_kv_heads=2, head_dim=8, init_std=0.2, remat_policy=remat))
   if family == 'hybrid':
     config.model.update(dict(family='hybrid', layer_pattern='M*-M', num_layers=4,
                              mamba_num_heads=4, mamba_head_dim=8, ssm_state_size=8,
@@ -57,7 +57,7 @@ def ntp_loss_and_grads(graphdef, params, tokens, mask):
 @pytest.mark.slow
 def test_remat_gives_the_same_loss_and_gradients(family):
   graphdef_plain, params = registry.init_params(model_config(family, 'none'), seed=3)
-  graphdef_remat, _ = registry.abstract_params(model_config(family, 'block'))
+  graphdef_remat, _ = registry.abstract_params(model_config(family, 'full'))
   tokens, mask = documents()
   loss_plain, grads_plain = ntp_loss_and_grads(graphdef_plain, params, tokens, mask)
   loss_remat, grads_remat = ntp_loss_and_grads(graphdef_remat, params, tokens, mask)
@@ -80,12 +80,12 @@ def test_remat_gives_the_same_loss_and_gradients(family):
 
 def test_remat_is_validated_with_the_key_name():
   config = base_config()
-  config.model.remat = 'full'
-  with pytest.raises(ConfigError, match='model.remat'):
+  config.model.remat_policy = 'block'
+  with pytest.raises(ConfigError, match='model.remat_policy'):
     validate_config(config)
   model = model_config('dense')
-  model.remat = 'everything'
-  with pytest.raises(ConfigError, match='model.remat'):
+  model.remat_policy = 'everything'
+  with pytest.raises(ConfigError, match='model.remat_policy'):
     registry.init_params(model, seed=0)
 
 
@@ -200,4 +200,4 @@ def test_remat_keeps_less_for_the_backward_pass(levers_report):
   remat every layer keeps its [8, 4, 256, 256] fp32 attention scores and probabilities (8 MiB
   each) for the backward pass; with it the recomputed layer's only."""
   temporaries = levers_report['ntp_grad_temporaries']
-  assert temporaries['block'] < 0.8 * temporaries['none'], temporaries
+  assert temporaries['full'] < 0.8 * temporaries['none'], temporaries

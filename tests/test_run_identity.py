@@ -87,7 +87,8 @@ def test_keys_not_listed_as_shape_keys_leave_the_parameters_alone(family):
   make = helpers.dense_model_config if family == 'dense' else helpers.hybrid_model_config
   base = ri.model_shape(make())['params']
   changed = dict(init_from='/elsewhere', rope_theta=10.0, norm_eps=1e-3, compute_dtype='bfloat16',
-                 init_std=0.5, remat='none', mamba_chunk_size=4, mamba_dt_limit_min=0.001,
+                 init_std=0.5, remat_policy='none', scan_layers=True, mamba_chunk_size=4,
+                 mamba_dt_limit_min=0.001,
                  mamba_dt_limit_max=5.0)
   assert set(changed) == set(ri.NOT_SHAPE_KEYS)
   for key, value in changed.items():

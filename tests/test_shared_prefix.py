@@ -8,7 +8,6 @@ positions at the first allowed position, inside the document, at its last token 
 Mamba chunk size 4) exactly at chunk boundaries and one past them."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -17,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlp_jax.models import layers, registry
+from rlp_jax.models import registry
 from rlp_jax.models.attention import grouped_query_attention
 from rlp_jax.models.shared_prefix import document_kv, shared_prefix_attention, thought_forward
 from rlp_jax.models.ssd import ssd_chunked_scan
@@ -30,6 +29,7 @@ from rlp_jax.train.rlp_loss import rlp_loss
 from rlp_jax.rollout.rlp_rollout import rollout_batch
 from rlp_jax.models.registry import document_positions
 from tests import helpers
+from tests.float64 import float64_run, max_abs, max_diff, to_float64
 
 # THINK_END is a common token: thoughts end early too.
 THINK_START, THINK_END, PAD = helpers.THINK_START, helpers.THINK_END, helpers.PAD
@@ -77,33 +77,6 @@ POSITIONS = {'dense': jnp.asarray([[2, 6, 11], [2, 3, 4], [2, 3, 3]], jnp.int32)
 
 def assert_close(got, want, rel=REL):
   helpers.assert_close(got, want, rel)
-
-
-@contextlib.contextmanager
-def float64_run():
-  """The library's own code traced in float64: x64 enabled, and every float32 it names
-  (`jnp.float32`, the config dtype table's 'float32') read as float64 while the context is open.
-  Build the graphdef inside (registry.abstract_params) and pass `to_float64` inputs; the run is
-  then the same path as the fp32 one with float64 rounding (random draws are not redone: the
-  rollouts' sampled tokens are inputs)."""
-  with jax.enable_x64(True), pytest.MonkeyPatch.context() as patch:
-    patch.setattr(jnp, 'float32', jnp.float64)
-    patch.setitem(layers.DTYPES, 'float32', jnp.float64)
-    yield
-
-
-def to_float64(tree):
-  """Every floating leaf of `tree` cast to float64 (exact from fp32); other leaves unchanged."""
-  return jax.tree.map(
-      lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
-
-
-def max_abs(x):
-  return float(np.max(np.abs(np.asarray(x, np.float64))))
-
-
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def fp32_errors(shared32, naive32, shared64, naive64):
@@ -166,13 +139,25 @@ def test_document_kv_logits_are_the_model_forward(family):
   logits, doc = document_kv(graphdef, params, batch['tokens'], positions, batch['mask'],
                             POSITIONS[family])
   expected, _ = registry.forward(graphdef, params, batch['tokens'], positions, batch['mask'])
+  attention, mamba = attention_values(family, doc), mamba_values(family, doc)
   if family == 'dense':
     np.testing.assert_array_equal(np.asarray(logits), np.asarray(expected))
-    assert doc.keys[0].shape == (3, 12, 2, 8) and len(doc.values) == 2 and not doc.mamba
+    assert attention[0][0].shape == (3, 12, 2, 8) and len(attention) == 2 and not mamba
   else:  # document_scan is the Mamba forward plus state read-outs: same numbers, not same ops
     assert_close(logits, expected, rel=1e-6)
-    assert len(doc.keys) == 1 and len(doc.mamba) == 2
-    assert doc.mamba[0].ssm.shape == (3, 3, 4, 8, 8)  # [B, K, H, P, N]
+    assert len(attention) == 1 and len(mamba) == 2
+    assert mamba[0].ssm.shape == (3, 3, 4, 8, 8)  # [B, K, H, P, N]
+
+
+def attention_values(family, doc):
+  """Per attention layer, in order, the (keys, values) a DocumentKV (or cache) holds."""
+  plan = registry.layer_plan(model_config(family))
+  return doc.layers.of_kind(plan, 'D' if family == 'dense' else '*')
+
+
+def mamba_values(family, doc):
+  """Per Mamba2 layer, in order, the MambaState a DocumentKV (or cache) holds."""
+  return doc.layers.of_kind(registry.layer_plan(model_config(family)), 'M')
 
 
 def document_and_prefill_states(config, graphdef, params, batch, positions):
@@ -192,7 +177,9 @@ def document_and_prefill_states(config, graphdef, params, batch, positions):
         cache = registry.init_cache(config, 1, t)
         _, cache = registry.forward(graphdef, params, tokens[b:b + 1, :t],
                                     jnp.arange(t)[None], None, cache)
-        for layer, (got, want) in enumerate(zip(doc.mamba, cache.mamba)):
+        plan = registry.layer_plan(config)
+        for layer, (got, want) in enumerate(zip(doc.layers.of_kind(plan, 'M'),
+                                                cache.layers.of_kind(plan, 'M'))):
           for name in ('ssm', 'conv_x', 'conv_b', 'conv_c'):
             out[name, b, k, layer] = (getattr(got, name)[b, k], getattr(want, name)[0])
     return out
@@ -390,17 +377,17 @@ def test_every_rollout_gradient_reaches_only_its_own_prefix(family):
   @jax.jit
   def row_grads(differentiable, b, n):
     def row_output(differentiable):
-      keys, values, mamba = differentiable
-      shared = doc.replace(keys=keys, values=values, mamba=mamba)
+      shared = doc.replace(layers=differentiable)
       logits, _ = thought_forward(graphdef, params, shared, prefix_len, thought,
                                   thought_positions, mask)
       return jnp.sum(logits[b, n, -1] ** 2)
     return jax.grad(row_output)(differentiable)
 
   for b, n in [(0, 0), (0, 5), (1, 4), (2, 3)]:
-    grad_keys, grad_values, grad_mamba = row_grads((doc.keys, doc.values, doc.mamba), b, n)
-    reach = np.asarray(jnp.any(grad_keys[0] != 0, axis=(2, 3))
-                       | jnp.any(grad_values[-1] != 0, axis=(2, 3)))  # [B, L] columns reached
+    grads = doc.replace(layers=row_grads(doc.layers, b, n))
+    grad_attention, grad_mamba = attention_values(family, grads), mamba_values(family, grads)
+    reach = np.asarray(jnp.any(grad_attention[0][0] != 0, axis=(2, 3))
+                       | jnp.any(grad_attention[-1][1] != 0, axis=(2, 3)))  # [B, L] reached
     t = int(prefix_len[b, n])
     expected = np.zeros_like(reach)
     expected[b, :t] = True
@@ -424,4 +411,4 @@ def test_document_keys_are_never_tiled_per_rollout(family):
   rollouts = prefix_len.shape[1]
   tiled = [(batch_size, rollouts, length, 2, 8), (batch_size * rollouts, length, 2, 8)]
   shapes = [var.aval.shape for eqn in jaxpr.jaxpr.eqns for var in eqn.outvars]
-  assert doc.keys and not any(shape in tiled for shape in shapes)
+  assert attention_values(family, doc) and not any(shape in tiled for shape in shapes)

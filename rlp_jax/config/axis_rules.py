@@ -28,4 +28,5 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ('mamba_head_dim', None),
     ('ssm_state', None),
     ('conv_kernel', None),
+    ('layers', None),  # the stacked axis of scanned layers (model.scan_layers)
 )

@@ -18,7 +18,7 @@ from rlp_jax.config.declaration import (FRACTION, MESH_SIZE, NON_NEGATIVE, POSIT
 from rlp_jax.data.corpora import CORPORA
 from rlp_jax.data.reasoning_corpus import WORKED_FRACTION
 from rlp_jax.data.tokenizer import TOKENIZER_KINDS
-from rlp_jax.models.layers import DTYPES, REMAT_CHOICES
+from rlp_jax.models.layers import DTYPES, REMAT_POLICIES
 from rlp_jax.models.registry import FAMILIES
 from rlp_jax.objective.advantage import ADVANTAGE_ESTIMATORS
 from rlp_jax.rollout.positions import POSITION_RULES
@@ -91,9 +91,13 @@ KEYS: tuple[Key, ...] = (
     Key('model.param_dtype', 'float32', 'dtype parameters are stored in', choices=DTYPES),
     Key('model.compute_dtype', 'float32', 'dtype of activations and matmuls', choices=DTYPES),
     Key('model.init_std', 0.02, 'std of the random normal init', bounds=POSITIVE),
-    Key('model.remat', 'block', "`block`: each decoder layer is recomputed in the backward pass "
-        '(only the residual stream between layers is kept); `none`: every activation is kept',
-        choices=REMAT_CHOICES),
+    Key('model.remat_policy', 'full', 'what the backward pass keeps of each decoder layer: '
+        '`full` recomputes the layer (only the residual stream between layers is kept), '
+        '`save_matmuls` keeps the matmul outputs and recomputes the rest, `none` keeps every '
+        'activation', choices=REMAT_POLICIES),
+    Key('model.scan_layers', False, 'run the layers under jax.lax.scan over their repeating unit '
+        '(parameters stacked per unit position; compile time independent of depth); checkpoints '
+        'of either layout load into the other'),
     Key('model.layer_pattern', '', 'hybrid only: one character per layer, M Mamba2, * attention '
         '(no RoPE), - MLP (squared ReLU); each layer is x + mixer(RMSNorm(x))'),
     Key('model.mamba_num_heads', 0, 'hybrid: Mamba2 heads (> 0 when the pattern has M)'),

@@ -34,8 +34,9 @@ def qwen3(size: str) -> dict[str, Any]:
   """`model.*` of Qwen3-<size>(-Base) as published, size '0.6b' or '1.7b' (dense family).
 
   28 layers, 16 query / 8 key-value heads of dim 128, vocab 151936, RMSNorm eps 1e-6, RoPE θ 1e6,
-  tied embedding; fp32 parameters, bf16 compute. 0.6b: hidden 1024, MLP 3072, 0.596B parameters;
-  1.7b: hidden 2048, MLP 6144, 1.7206B parameters (with the tied embedding).
+  tied embedding; fp32 parameters, bf16 compute; layers scanned (`model.scan_layers`).
+  0.6b: hidden 1024, MLP 3072, 0.596B parameters; 1.7b: hidden 2048, MLP 6144, 1.7206B
+  parameters (with the tied embedding).
   """
   if size not in _QWEN3_WIDTHS:
     raise ValueError(f'qwen3 size must be one of {list(_QWEN3_WIDTHS)}, got {size!r}')
@@ -43,14 +44,15 @@ def qwen3(size: str) -> dict[str, Any]:
   return dict(family='dense', vocab_size=QWEN3_VOCAB_SIZE, hidden_size=hidden_size,
               intermediate_size=intermediate_size, num_layers=28, num_heads=16, num_kv_heads=8,
               head_dim=128, rope_theta=1_000_000.0, norm_eps=1e-6, tie_embeddings=True,
-              param_dtype='float32', compute_dtype='bfloat16')
+              param_dtype='float32', compute_dtype='bfloat16', scan_layers=True)
 
 
 def nemotron_h(size: str) -> dict[str, Any]:
   """`model.*` of a hybrid (Nemotron-H: Mamba2 + attention + squared-ReLU MLP) model.
 
   '9b' / '12b': the NVIDIA Nemotron-Nano-9B-v2 / 12B-v2(-Base) architectures (8.89B / 12.31B
-  parameters, bf16 compute). Only the model is set; before a real run also set
+  parameters, bf16 compute, layers scanned: 'M-M-M-M*-' × 6 + 'M-' × 4 for 12B). Only the model
+  is set; before a real run also set
   `tokenizer.kind='hf_json'` and `tokenizer.path='<model dir>/tokenizer.json'` (the config leaves
   the sentencepiece default because validation rejects hf_json with an empty path),
   `tokenizer.vocab_size` to the tokenizer's size (<= 131072), `model.init_from='<Hugging Face
@@ -79,7 +81,8 @@ def nemotron_h(size: str) -> dict[str, Any]:
               num_heads=40, num_kv_heads=8, head_dim=128, norm_eps=1e-5, tie_embeddings=False,
               param_dtype='float32', compute_dtype='bfloat16', mamba_num_heads=128,
               mamba_head_dim=80, ssm_state_size=128, mamba_n_groups=8, mamba_conv_kernel=4,
-              mamba_chunk_size=128, mamba_dt_limit_min=0.0, mamba_dt_limit_max=float('inf'))
+              mamba_chunk_size=128, mamba_dt_limit_min=0.0, mamba_dt_limit_max=float('inf'),
+              scan_layers=True)
 
 
 def paper_rlp(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,7 +1,8 @@
 """TFDS builders for the corpora (array_record files, read without TensorFlow).
 
 `ReasoningCorpus` holds the embedded generated reasoning documents; `LocalText` the user's own
-.txt / .jsonl files. A builder config name carries the dataset identity (document count and seed,
+.txt / .jsonl files, local or at URLs (`data.files=gs://bucket/texts/*.jsonl`; listed and read
+through rlp_jax.paths). A builder config name carries the dataset identity (document count and seed,
 or a hash of the resolved files with their sizes and mtimes), so a changed input builds a new
 dataset next to the old one instead of reusing it. Bump `VERSION` when the generator changes.
 
@@ -13,16 +14,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
-import os
 
 import tensorflow_datasets as tfds
 
+from rlp_jax import paths
 from rlp_jax.data import reasoning_corpus
-from rlp_jax.errors import ConfigError, DataError
+from rlp_jax.errors import ConfigError, DataError, UserInputError
 
 FILE_FORMAT = 'array_record'
 VALIDATION_FRACTION = 0.02
@@ -152,7 +152,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def resolve_files(patterns: Sequence[str] | str) -> list[str]:
-  """Expands comma-separated paths/globs into a de-duplicated list of .txt/.jsonl files."""
+  """Expands comma-separated paths/globs (local or URLs) into a de-duplicated list of .txt/.jsonl
+  files: absolute local paths or URLs."""
   if isinstance(patterns, str):
     patterns = patterns.split(',')
   patterns = [p.strip() for p in patterns if p.strip()]
@@ -160,14 +161,16 @@ def resolve_files(patterns: Sequence[str] | str) -> list[str]:
     raise ConfigError('data.files is empty; give comma-separated .txt/.jsonl paths or globs')
   files: list[str] = []
   for pattern in patterns:
-    expanded = os.path.expanduser(pattern)
-    matches = sorted(glob.glob(expanded, recursive=True)) if glob.has_magic(expanded) else (
-        [expanded] if os.path.exists(expanded) else [])
+    try:
+      matches = paths.glob(pattern, 'data.files')
+    except UserInputError:
+      raise
+    except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
+      raise DataError(f'data.files: cannot list {pattern}: {paths.reason(e)}') from None
     if not matches:
       raise DataError(f'data.files: no file matches {pattern}')
     for path in matches:
-      path = os.path.abspath(path)
-      if os.path.isdir(path):
+      if paths.is_dir(path):
         raise DataError(f'data.files: {path} is a directory; use a glob such as {path}/*.txt')
       if not path.endswith(LOCAL_TEXT_SUFFIXES):
         raise DataError(f'data.files: {path} is neither .txt nor .jsonl')
@@ -183,15 +186,15 @@ def local_text_config(patterns: Sequence[str] | str, text_field: str = 'text') -
   files = resolve_files(patterns)
   digest = hashlib.sha256(text_field.encode())
   for path in files:
-    stat = os.stat(path)
-    digest.update(f'\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}'.encode())
+    size, mtime = paths.size_and_mtime(path)
+    digest.update(f'\0{path}\0{size}\0{mtime}'.encode())
   return LocalTextConfig(name=f'files_{digest.hexdigest()[:16]}', files=tuple(files),
                          text_field=text_field)
 
 
 def _read_text(path: str) -> str:
   try:
-    with open(path, encoding='utf-8') as f:
+    with paths.read_utf8(path) as f:
       return f.read()
   except (OSError, UnicodeDecodeError) as e:
     raise DataError(f'data.files: cannot read {path} as UTF-8 text: {e}') from e
@@ -199,7 +202,7 @@ def _read_text(path: str) -> str:
 
 def _jsonl_texts(path: str, text_field: str) -> Iterator[str]:
   try:
-    with open(path, encoding='utf-8') as f:
+    with paths.read_utf8(path) as f:
       for line_number, line in enumerate(f, start=1):
         if line.strip():
           yield _jsonl_text(line, f'{path}:{line_number}', text_field)

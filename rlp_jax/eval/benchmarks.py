@@ -6,16 +6,17 @@ blank lines are skipped):
     last `####`, stripped.
   * MATH: `{"problem": ..., "solution": "... \\boxed{42} ..."}`; the gold answer is the contents of
     the last `\\boxed{...}` (nested braces allowed), or the line's `"answer"` field when it has one.
-Bad input raises `DataError` with one line naming the file and the 1-based line number.
+Bad input raises `DataError` with one line naming the file and the 1-based line number. A file
+may be local or a URL (gs://...; read through rlp_jax.paths).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
+from rlp_jax import paths
 from rlp_jax.data.reasoning_corpus import WORKED_FRACTION, document_problems, worked_thought
 from rlp_jax.errors import DataError
 from rlp_jax.eval.answers import last_boxed
@@ -111,14 +112,15 @@ def load_benchmark(path: str, limit: int | None = None) -> list[EvalProblem]:
   Reading stops once `limit` problems are read, so later lines are not checked.
   """
   _check_limit(limit)
-  if os.path.isdir(path):
+  resolved = paths.resolve_str(path, 'eval.benchmarks')
+  if paths.is_dir(resolved):
     raise DataError(f'benchmark path is a directory, not a jsonl file: {path}')
-  if not os.path.isfile(path):
+  if not paths.is_file(resolved):
     raise DataError(f'benchmark file not found: {path}')
-  name = os.path.basename(path)
+  name = paths.as_path(resolved).name
   problems: list[EvalProblem] = []
   try:
-    with open(path, 'rb') as f:
+    with paths.as_path(resolved).open('rb') as f:
       for number, raw in enumerate(f, start=1):
         if limit is not None and len(problems) == limit:
           break
@@ -129,7 +131,7 @@ def load_benchmark(path: str, limit: int | None = None) -> list[EvalProblem]:
         if parsed is not None:
           problems.append(EvalProblem(parsed[0], parsed[1], f'{name}:{number}'))
   except OSError as e:
-    raise DataError(f'cannot read benchmark file {path}: {e.strerror}') from None
+    raise DataError(f'cannot read benchmark file {path}: {paths.reason(e)}') from None
   if not problems:
     raise DataError(f'benchmark file has no problems: {path}')
   return problems

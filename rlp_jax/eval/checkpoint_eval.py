@@ -3,16 +3,17 @@
 `evaluate_checkpoint(config, workdir, step, limit)` loads θ of `step` (default: the latest) from
 `workdir/checkpoints`, or, when the workdir holds no checkpoint, the Hugging Face directory or
 rlp_jax checkpoint in `model.init_from` (reported as step 0); it evaluates, writes
-`workdir/eval/step_N.json` and returns the report.
+`workdir/eval/step_N.json` and returns the report. The workdir may be local or a URL (gs://...):
+files go through rlp_jax.paths.
 """
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import ml_collections
 
+from rlp_jax import paths
 from rlp_jax.config import validate_config
 from rlp_jax.data.corpora import load_documents
 from rlp_jax.data.tokenizer import build_tokenizer
@@ -25,13 +26,14 @@ from rlp_jax.models import registry
 def load_evaluated_params(config: ml_collections.ConfigDict, workdir: str,
                           step: int | None) -> tuple[Any, int, str]:
   """(θ, step, a description of where it came from)."""
-  checkpoint_dir = find_checkpoint_dir(workdir) if os.path.isdir(workdir) else None
+  workdir = paths.resolve_str(workdir, '--workdir')
+  checkpoint_dir = find_checkpoint_dir(workdir) if paths.is_dir(workdir) else None
   if checkpoint_dir is not None:
     params, step = restore_checkpoint_params(checkpoint_dir, config.model, step=step)
     return params, step, f'checkpoint {checkpoint_dir} step {step}'
   if step is not None:
     raise DataError(f'--step={step}: {workdir} holds no checkpoints (looked in {workdir} and '
-                    f'{os.path.join(workdir, "checkpoints")})')
+                    f'{paths.join(workdir, "checkpoints")})')
   if not config.model.init_from:
     raise DataError(f'--workdir {workdir} holds no checkpoints and model.init_from is not set: '
                     'nothing to evaluate')
@@ -46,7 +48,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
   validate_config(config)
   if limit is not None and limit < 1:
     raise DataError(f'--limit must be >= 1, got {limit}')
-  workdir = os.path.abspath(workdir)
+  workdir = paths.resolve_str(workdir, '--workdir')
   params, step, source = load_evaluated_params(config, workdir, step)
   tokenizer = build_tokenizer(config.tokenizer, config.data, base_model=config.model.init_from)
   graphdef, _ = registry.abstract_params(config.model)
@@ -54,11 +56,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, step: i
                         limit=limit, progress_bar=progress_bar)
   result = evaluator.evaluate(params)
   report = {'step': step, 'weights': source, 'limit': limit, **result}
-  path = os.path.join(workdir, 'eval', f'step_{step}.json')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + '.partial'  # a kill while writing leaves the previous report whole
-  with open(partial, 'w', encoding='utf-8') as f:
-    json.dump(report, f, indent=2)
-  os.replace(partial, path)
+  path = paths.join(workdir, 'eval', f'step_{step}.json')
+  # A kill while writing leaves the previous report whole.
+  paths.write_atomically(path, json.dumps(report, indent=2))
   report['path'] = path
   return report

@@ -6,6 +6,10 @@
                               workdir holding one under checkpoints/: θ (`params`) of the latest
                               step only; optimizer state, teacher and step start fresh
 
+Either may be local or a URL (gs://bucket/model, ...: rlp_jax.paths); every file is read through
+etils.epath (safetensors at a URL with ranged reads of each slice, orbax through its own gs://
+support).
+
 With `shardings` (train(): those of the state), θ is created directly in them: each process reads
 only the slices its devices hold (safetensors slices; orbax restores into the target shardings).
 train/state_sharding.create_sharded_state(params=θ) then adds φ and the optimizer state; nothing
@@ -13,16 +17,17 @@ is initialised randomly first.
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 from flax import nnx
 import orbax.checkpoint as ocp
 
+from rlp_jax import paths
 from rlp_jax.errors import DataError
 from rlp_jax.interop import hf_checkpoint
 from rlp_jax.models import registry
+from rlp_jax.models.layer_stack import other_layout, relayout_arrays, to_layout, tree_is_scanned
 
 Params = dict[str, Any]
 
@@ -47,12 +52,15 @@ def load_init_params(init_from: str, model_config: Any, shardings: Params | None
   reading only its devices' slices; default: whole, on the default device. DataError naming the
   path when it is missing or is neither kind of directory.
   """
-  path = os.path.abspath(os.path.expanduser(init_from))
-  if not os.path.isdir(path):
+  path = paths.resolve_str(init_from, 'model.init_from')
+  try:
+    found = paths.is_dir(path)
+  except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
+    raise DataError(f'model.init_from: cannot read {path}: {paths.reason(e)}') from None
+  if not found:
     raise DataError(f'model.init_from: no such directory {path}')
   if hf_checkpoint.is_hf_checkpoint(path):
-    params = hf_checkpoint.load_hf_params(path, model_config, shardings)
-    return params, f'Hugging Face checkpoint {path}'
+    return load_hf_params_in_layout(path, model_config, shardings), f'Hugging Face checkpoint {path}'
   checkpoint_dir = find_checkpoint_dir(path)
   if checkpoint_dir is None:
     raise DataError(f'model.init_from: {path} is neither a Hugging Face model directory '
@@ -62,15 +70,46 @@ def load_init_params(init_from: str, model_config: Any, shardings: Params | None
   return params, f'rlp_jax checkpoint {checkpoint_dir} (θ of step {step})'
 
 
+def _targets(model_config: Any, shardings: Params | None) -> Any:
+  """The model's abstract θ as jax.ShapeDtypeStructs carrying `shardings` (default: device 0)."""
+  _, abstract = registry.abstract_params(model_config)
+  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  if shardings is None:
+    shardings = jax.tree.map(lambda _: default, abstract)
+  return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                  sharding=sharding),
+                      abstract, shardings)
+
+
+def _shardings(targets: Any) -> Any:
+  return jax.tree.map(lambda leaf: leaf.sharding, targets)
+
+
+def load_hf_params_in_layout(path: str, model_config: Any, shardings: Params | None = None,
+                             ) -> Params:
+  """θ from a Hugging Face directory (unrolled layers by nature) in the model's layer layout: with
+  `model.scan_layers` read unrolled in the matching shardings (each process its slices), then
+  stacked by one jit into `shardings` (peak: θ twice, before φ and the optimizer state exist)."""
+  plan = registry.layer_plan(model_config)
+  if not plan.scanned:
+    return hf_checkpoint.load_hf_params(path, model_config, shardings)
+  targets = _targets(model_config, shardings)
+  unrolled = to_layout(targets, other_layout(plan))
+  params = hf_checkpoint.load_hf_params(path, registry.with_layout(model_config, False),
+                                        _shardings(unrolled))
+  return relayout_arrays(params, plan, _shardings(targets))
+
+
 def _step_dirs(directory: str) -> list[int]:
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  return sorted(int(child.name) for child in paths.as_path(directory).iterdir()
+                if child.name.isdigit() and child.is_dir())
 
 
 def find_checkpoint_dir(path: str) -> str | None:
-  """`path` or `path`/checkpoints when it holds numbered step subdirectories, else None."""
-  for candidate in (path, os.path.join(path, 'checkpoints')):
-    if os.path.isdir(candidate) and _step_dirs(candidate):
+  """`path` or `path`/checkpoints (local or URLs) when it holds numbered step subdirectories,
+  else None."""
+  for candidate in (path, paths.join(path, 'checkpoints')):
+    if paths.is_dir(candidate) and _step_dirs(candidate):
       return candidate
   return None
 
@@ -81,12 +120,8 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
   """(θ, step) of `step` (default: the latest) of a `Checkpointer` directory, cast to
   `model.param_dtype`; restored straight into `shardings` (each process reads its shards only),
   default: device 0."""
-  _, abstract = registry.abstract_params(model_config)
-  default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  if shardings is None:
-    shardings = jax.tree.map(lambda _: default, abstract)
-  restore_args = jax.tree.map(lambda leaf, sharding: ocp.ArrayRestoreArgs(
-      dtype=leaf.dtype, sharding=sharding, global_shape=leaf.shape), abstract, shardings)
+  plan = registry.layer_plan(model_config)
+  targets = _targets(model_config, shardings)
   manager = ocp.CheckpointManager(checkpoint_dir,
                                   options=ocp.CheckpointManagerOptions(read_only=True))
   steps = list(manager.all_steps())
@@ -96,8 +131,16 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
     raise DataError(f'{checkpoint_dir} holds no finished checkpoint'
                     + (f' of step {step} (steps: {steps})' if step is not None else ''))
   try:
+    stored_scanned = tree_is_scanned(_stored_tree(manager, step))
+  except Exception:  # pylint: disable=broad-exception-caught  # the restore below reports it
+    stored_scanned = None
+  relayout = stored_scanned is not None and stored_scanned != plan.scanned
+  read = to_layout(targets, other_layout(plan)) if relayout else targets
+  restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(
+      dtype=leaf.dtype, sharding=leaf.sharding, global_shape=leaf.shape), read)
+  try:
     restored = manager.restore(step, args=ocp.args.PyTreeRestore(
-        item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True))
+        item={'params': read}, restore_args={'params': restore_args}, partial_restore=True))
   except Exception as e:  # orbax raises assorted types for missing or mismatched arrays
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise DataError(f'cannot restore params of step {step} from {checkpoint_dir} into the '
@@ -105,4 +148,13 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
                     'checkpoint was trained with?') from e
   finally:
     manager.close()
-  return restored['params'], step
+  params = restored['params']
+  if relayout:  # saved with the other `model.scan_layers`: into this model's layer layout
+    params = relayout_arrays(params, plan, _shardings(targets))
+  return params, step
+
+
+def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
+  """The stored state's tree (metadata only) of `step`."""
+  metadata = manager.item_metadata(step)
+  return getattr(metadata, 'tree', metadata)

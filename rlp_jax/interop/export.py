@@ -7,13 +7,12 @@ Reads the model config the run wrote (`DIR/config.json`), restores θ of the lat
 step from `DIR/checkpoints`, and writes config.json + safetensors that transformers'
 `AutoModelForCausalLM.from_pretrained(HF_DIR)` loads. With an 'hf_json' tokenizer, its
 tokenizer.json (and tokenizer_config.json) are copied next to the weights and the pad/bos/eos ids
-written into config.json.
+written into config.json. DIR and HF_DIR may be local or URLs (gs://bucket/run, ...): every file
+is read and written through rlp_jax.paths.
 """
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
 from typing import Any
 
@@ -22,6 +21,7 @@ from absl import flags
 from absl import logging
 import ml_collections
 
+from rlp_jax import paths
 from rlp_jax.config import base_config
 from rlp_jax.data import hf_tokenizer
 from rlp_jax.errors import ConfigError, DataError, UserInputError
@@ -39,14 +39,16 @@ _MAX_SHARD_SIZE = flags.DEFINE_string('max_shard_size', '5GB',
 
 def run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a training run saved in `workdir`/config.json, over `base_config()` defaults."""
-  path = os.path.join(workdir, 'config.json')
+  path = paths.join(workdir, 'config.json')
   try:
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
-  except FileNotFoundError as e:
-    raise DataError(f'--workdir: no config.json in {workdir} (not an rlp_jax run directory)') from e
-  except (OSError, ValueError) as e:
+    found = paths.is_file(path)
+    saved = json.loads(paths.read_bytes(path)) if found else None
+  except ValueError as e:
     raise DataError(f'cannot read {path}: {e}') from e
+  except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
+    raise DataError(f'cannot read {path}: {paths.reason(e)}') from None
+  if not found:
+    raise DataError(f'--workdir: no config.json in {workdir} (not an rlp_jax run directory)')
   config = base_config()
   for group in ('model', 'tokenizer'):
     for key, value in saved.get(group, {}).items():
@@ -58,8 +60,10 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str | None = None,
                max_shard_size: str | None = '5GB') -> tuple[int, list[str]]:
-  """Exports θ of `step` (default latest) of the run in `workdir`; returns (step, files)."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  """Exports θ of `step` (default latest) of the run in `workdir` to `out_dir` (either local or
+  a URL); returns (step, files)."""
+  workdir = paths.resolve_str(workdir, '--workdir')
+  out_dir = paths.resolve_str(out_dir, '--out')
   config = run_config(workdir)
   checkpoint_dir = find_checkpoint_dir(workdir)
   if checkpoint_dir is None:
@@ -69,8 +73,9 @@ def export_run(workdir: str, out_dir: str, step: int | None = None, dtype: str |
   files = export_hf_checkpoint(params, config.model, out_dir, dtype=dtype,
                                max_shard_size=max_shard_size, extra_config=extra)
   for source in tokenizer_files:
-    shutil.copy(source, os.path.join(out_dir, os.path.basename(source)))
-    files.append(os.path.basename(source))
+    name = paths.as_path(source).name
+    paths.write_bytes(paths.join(out_dir, name), paths.read_bytes(source))
+    files.append(name)
   return step, files
 
 
@@ -82,8 +87,9 @@ def _tokenizer_extras(tokenizer_config: Any) -> tuple[dict[str, Any], list[str]]
   extra = {'pad_token_id': tokenizer.pad_id, 'bos_token_id': tokenizer.bos_id,
            'eos_token_id': tokenizer.eos_id}
   files = [tokenizer.path]
-  config_file = os.path.join(os.path.dirname(tokenizer.path), hf_tokenizer.TOKENIZER_CONFIG_FILE)
-  if os.path.isfile(config_file):
+  config_file = paths.join(paths.as_path(tokenizer.path).parent,
+                           hf_tokenizer.TOKENIZER_CONFIG_FILE)
+  if paths.is_file(config_file):
     files.append(config_file)
   return extra, files
 
@@ -101,10 +107,10 @@ def main(argv: list[str]) -> None:
   try:
     step, files = export_run(_WORKDIR.value, _OUT.value, _STEP.value, _DTYPE.value,
                              _MAX_SHARD_SIZE.value)
+    out_dir = paths.resolve_str(_OUT.value, '--out')
   except UserInputError as error:
     _fail(str(error))
-  print(f'[rlp_jax] exported step {step} of {_WORKDIR.value} to {os.path.abspath(_OUT.value)}: '
-        f'{", ".join(files)}')
+  print(f'[rlp_jax] exported step {step} of {_WORKDIR.value} to {out_dir}: {", ".join(files)}')
 
 
 if __name__ == '__main__':

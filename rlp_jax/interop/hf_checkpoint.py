@@ -9,15 +9,16 @@ The parameter tree comes from `registry.abstract_params` (nothing allocated); ev
 tensor must be present with the right shape (checked from the file headers before any data is
 read); parameters are made one at a time and cast to `model.param_dtype`. Given shardings, each
 is created in its sharding by `jax.make_array_from_callback`, reading only the slices this
-process's devices hold (`safe_open(...).get_slice`, interop/param_slices.py). The tensor names,
-layouts and config.json translation of each family are its record's `hf` (models/hf_names/).
+process's devices hold (interop/param_slices.py; interop/safetensors_io.py reads a slice of a
+local file memory-mapped, of a file at a URL with ranged reads). Directories are local or URLs
+(gs://, ...: rlp_jax.paths). The tensor names, layouts and config.json translation of each family
+are its record's `hf` (models/hf_names/).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 import json
 import math
-import os
 import re
 from typing import Any, Protocol
 
@@ -25,11 +26,13 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from rlp_jax import paths
 from rlp_jax.errors import ConfigError, DataError
 from rlp_jax.interop.param_slices import normalise, param_slice
 from rlp_jax.interop.safetensors_io import SafetensorsReader, has_safetensors, write_safetensors
 from rlp_jax.models import registry
 from rlp_jax.models.family import HFNames
+from rlp_jax.models.layer_stack import is_scanned_tree, unrolled_params
 from rlp_jax.models.hf_names.tensor_map import (TensorMapping, check_covers, get_at,
                                                 path_to_string, set_at)
 
@@ -48,16 +51,16 @@ def hf_names_of(model_config: Any) -> HFNames:
 
 def is_hf_checkpoint(directory: str) -> bool:
   """A directory with config.json and safetensors (single file or index)."""
-  return os.path.isfile(os.path.join(directory, CONFIG_FILE)) and has_safetensors(directory)
+  return paths.is_file(paths.join(directory, CONFIG_FILE)) and has_safetensors(directory)
 
 
 def read_hf_config(hf_dir: str) -> dict[str, Any]:
-  path = os.path.join(os.path.abspath(os.path.expanduser(hf_dir)), CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise DataError(f'no {CONFIG_FILE} in {os.path.dirname(path)}')
+  directory = paths.resolve_str(hf_dir, 'Hugging Face directory')
+  path = paths.join(directory, CONFIG_FILE)
+  if not paths.is_file(path):
+    raise DataError(f'no {CONFIG_FILE} in {directory}')
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(paths.read_bytes(path))
   except (OSError, ValueError) as e:
     raise DataError(f'cannot read {path}: {e}') from e
 
@@ -68,7 +71,7 @@ def model_config_from_hf(hf_dir: str) -> dict[str, Any]:
   Apply them with `config.model.update(model_config_from_hf(path))`.
   """
   hf_config = read_hf_config(hf_dir)
-  where = os.path.join(os.path.abspath(os.path.expanduser(hf_dir)), CONFIG_FILE)
+  where = paths.join(paths.resolve_str(hf_dir, 'Hugging Face directory'), CONFIG_FILE)
   model_type = hf_config.get('model_type')
   known = [family.hf for family in registry.FAMILIES.values() if family.hf is not None]
   for names in known:
@@ -161,7 +164,7 @@ def load_hf_params(hf_dir: str, model_config: Any, shardings: Params | None = No
   reads only the slices its devices hold; default: read whole, on the default device.
   """
   with SafetensorsReader(hf_dir) as reader:
-    if os.path.isfile(os.path.join(reader.directory, CONFIG_FILE)):
+    if paths.is_file(paths.join(reader.directory, CONFIG_FILE)):
       check_model_config_matches(model_config, reader.directory)
     return params_from_tensors(reader, model_config, shardings)
 
@@ -262,9 +265,12 @@ def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
 
   `dtype` ('float32' | 'bfloat16'; default: the params' own) is the stored dtype. Checkpoints over
   `max_shard_size` are sharded with `model.safetensors.index.json`. Tensors are fetched from the
-  devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`). Returns the
-  written file names.
+  devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`). `out_dir` is
+  local or a URL (gs://...). Returns the written file names.
   """
+  if is_scanned_tree(params):  # HF checkpoints hold one tensor per layer: the unrolled layout
+    params = unrolled_params(params, registry.layer_plan(model_config))
+    model_config = registry.with_layout(model_config, False)
   hf = hf_names_of(model_config)
   mappings = hf.mappings(model_config)
   check_covers(mappings, params, hf.model_type)
@@ -281,11 +287,10 @@ def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
       set_at(host, path, np.asarray(jax.device_get(get_at(params, path))))
     return m.to_hf(host).astype(stored)
 
-  out_dir = os.path.abspath(os.path.expanduser(out_dir))
+  out_dir = paths.resolve_str(out_dir, 'export directory')
   files = write_safetensors(out_dir, specs, produce, parse_size(max_shard_size))
   torch_dtype = 'bfloat16' if stored == np.dtype(ml_dtypes.bfloat16) else 'float32'
   hf_config = hf.hf_config(model_config, torch_dtype)
   hf_config.update(extra_config or {})
-  with open(os.path.join(out_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-    json.dump(hf_config, f, indent=2)
+  paths.write_atomically(paths.join(out_dir, CONFIG_FILE), json.dumps(hf_config, indent=2))
   return [CONFIG_FILE] + files

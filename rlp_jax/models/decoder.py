@@ -6,7 +6,8 @@
 
 Parameter tree (logical axes in brackets), the same for every family:
   token_embedding.embedding [vocab, embed]
-  layers[i].*                           (the family's layer modules)
+  layers[i].*                           (the family's layer modules; with model.scan_layers
+                                         blocks[s][j].* stacked per unit position, layer_stack.py)
   final_norm.scale [norm]
   lm_head.kernel [embed, vocab]         (absent when tied)
 Parameters are created in that order (embedding, layers, final norm, head), which fixes the random
@@ -23,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.models.layer_stack import LayerPlan, layer_plan, stack_layers
 from rlp_jax.models.layers import (LOGITS_AXES, Embedding, Projection, RMSNorm, remat_option,
                                    resolve_dtype)
 from rlp_jax.parallel.activation_sharding import constrain
@@ -45,8 +47,13 @@ class Decoder(nnx.Module):
     common = dict(init_std=config.init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
                   rngs=rngs)
     self.token_embedding = Embedding(config.vocab_size, config.hidden_size, **common)
-    self.layers = nnx.List(self.build_layers(config, param_dtype=param_dtype,
-                                             compute_dtype=compute_dtype, rngs=rngs))
+    layers = self.build_layers(config, param_dtype=param_dtype, compute_dtype=compute_dtype,
+                               rngs=rngs)
+    self.plan = self.layer_plan(config)
+    if self.plan.scanned:  # the same random layers, stacked: a seed inits both layouts alike
+      self.blocks = stack_layers(layers, self.plan)
+    else:
+      self.layers = nnx.List(layers)
     self.final_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype,
                               scale_in_fp32=self.final_norm_scale_in_fp32)
     if not self.tie_embeddings:
@@ -55,8 +62,18 @@ class Decoder(nnx.Module):
 
   def build_layers(self, config: Any, *, param_dtype: Any, compute_dtype: Any,
                    rngs: nnx.Rngs) -> list[nnx.Module]:
-    """The family's layer modules, in order (stored as `layers`)."""
+    """The family's layer modules, in order (stored as `layers`, or stacked as `blocks`)."""
     raise NotImplementedError
+
+  @staticmethod
+  def layer_kinds(config: Any) -> str:
+    """One character per layer naming its kind; layers of one kind share a structure."""
+    raise NotImplementedError
+
+  @classmethod
+  def layer_plan(cls, config: Any) -> LayerPlan:
+    """Where each layer's parameters and per-layer values live (`model.scan_layers`)."""
+    return layer_plan(cls.layer_kinds(config), bool(config.get('scan_layers', False)))
 
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: Any | None) -> tuple[jax.Array, Any | None]:

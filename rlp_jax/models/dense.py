@@ -19,7 +19,8 @@ from rlp_jax.models.attention import Attention
 from rlp_jax.models.decoder import Decoder
 from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
                                      write_columns)
-from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SwiGLU, layer_forward, rope_cos_sin
+from rlp_jax.models.layer_stack import run_stack
+from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SwiGLU, rope_cos_sin
 from rlp_jax.parallel.activation_sharding import constrain
 
 
@@ -58,22 +59,31 @@ class DenseDecoder(Decoder):
     return [DecoderLayer(config, param_dtype=param_dtype, compute_dtype=compute_dtype, rngs=rngs)
             for _ in range(config.num_layers)]
 
+  @staticmethod
+  def layer_kinds(config: Any) -> str:
+    return 'D' * int(config.num_layers)
+
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
     cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
     if cache is None:
-      mask = causal_attention_mask(token_mask)
-      for layer in self.layers:
-        x, _ = layer_forward(layer, x, cos, sin, mask, remat=self.remat)
+      x, _ = run_stack(self, self.plan, x, _plain_layer, None, (cos, sin, causal_attention_mask(
+          token_mask)), self.remat)
       return x, None
-
     valid = write_columns(cache.valid, token_mask, cache.index)
     mask = cached_attention_mask(valid, cache.index, x.shape[1])
-    new_keys, new_values = [], []
-    for layer, past_k, past_v in zip(self.layers, cache.keys, cache.values, strict=True):
-      x, (keys, values) = layer(x, cos, sin, mask, (past_k, past_v), cache.index)
-      new_keys.append(keys)
-      new_values.append(values)
-    new_cache = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
-                        index=cache.index + x.shape[1])
-    return x, new_cache
+    x, layers = run_stack(self, self.plan, x, _cached_layer, cache.layers,
+                          (cos, sin, mask, cache.index), 'none')
+    return x, KVCache(layers=layers, valid=valid, index=cache.index + x.shape[1])
+
+
+def _plain_layer(layer: DecoderLayer, x: jax.Array, value: None, cos: jax.Array, sin: jax.Array,
+                 mask: jax.Array) -> tuple[jax.Array, None]:
+  del value
+  return layer(x, cos, sin, mask)[0], None
+
+
+def _cached_layer(layer: DecoderLayer, x: jax.Array, past_kv: tuple[jax.Array, jax.Array],
+                  cos: jax.Array, sin: jax.Array, mask: jax.Array, index: jax.Array,
+                  ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  return layer(x, cos, sin, mask, past_kv, index)

@@ -18,8 +18,10 @@ from rlp_jax.errors import ConfigError
 from rlp_jax.models.dense import DenseDecoder
 from rlp_jax.models.family import ModelFamily
 from rlp_jax.models.hf_names.qwen3 import QWEN3
-from rlp_jax.models.kv_cache import KVCache, causal_attention_mask, empty_kv_cache
-from rlp_jax.models.layers import RESIDUAL_AXES, layer_forward, resolve_dtype, rope_cos_sin
+from rlp_jax.models.kv_cache import (KVCache, causal_attention_mask, empty_attention_entry,
+                                     empty_cache)
+from rlp_jax.models.layer_stack import run_stack, zip_values
+from rlp_jax.models.layers import RESIDUAL_AXES, resolve_dtype, rope_cos_sin
 from rlp_jax.models.prefix_attention import (DocumentKV, ThoughtMasks, attend_over_document,
                                              thought_masks)
 from rlp_jax.parallel.activation_sharding import constrain
@@ -31,17 +33,28 @@ def validate_dense_config(model_config: Any) -> None:
     raise ConfigError("config key `model.layer_pattern` is only used by `model.family` 'hybrid'")
 
 
+def _attention_entries(model_config: Any, batch_size: int, max_len: int) -> KVCache:
+  dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
+  return empty_cache(DenseDecoder.layer_plan(model_config), batch_size, max_len,
+                     lambda _: empty_attention_entry(batch_size, max_len, model_config.num_kv_heads,
+                                                     model_config.head_dim, dtype))
+
+
 def init_dense_cache(model_config: Any, batch_size: int, max_len: int) -> KVCache:
   """Empty KV cache (zeros, nothing valid, index 0) in the compute dtype."""
-  dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
-  return empty_kv_cache(model_config.num_layers, batch_size, max_len, model_config.num_kv_heads,
-                        model_config.head_dim, dtype)
+  return _attention_entries(model_config, batch_size, max_len)
 
 
 def empty_dense_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,
                               max_len: int) -> KVCache:
   """Empty own-thought KV cache of B·N rows (row b·N + n) and `max_len` columns."""
-  return init_dense_cache(model_config, doc_kv.valid.shape[0] * thoughts_per_document, max_len)
+  return _attention_entries(model_config, doc_kv.valid.shape[0] * thoughts_per_document, max_len)
+
+
+def _document_layer(layer: Any, x: jax.Array, value: None, cos: jax.Array, sin: jax.Array,
+                    attention_mask: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  del value
+  return layer(x, cos, sin, attention_mask)
 
 
 def dense_document_kv(model: DenseDecoder, tokens: jax.Array, positions: jax.Array,
@@ -51,23 +64,16 @@ def dense_document_kv(model: DenseDecoder, tokens: jax.Array, positions: jax.Arr
   values). `state_positions` is ignored (every column's keys are kept)."""
   del state_positions
   cos, sin = rope_cos_sin(positions, model.head_dim, model.rope_theta)
-  x = model.token_embedding(tokens)
-  attention_mask = causal_attention_mask(mask)
-  keys, values = [], []
-  for layer in model.layers:
-    x, (layer_keys, layer_values) = layer_forward(layer, x, cos, sin, attention_mask,
-                                                  remat=model.remat)
-    keys.append(layer_keys)
-    values.append(layer_values)
-  logits = model.output_logits(x)
-  return logits, DocumentKV(keys=tuple(keys), values=tuple(values), valid=mask.astype(jnp.bool_))
+  x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_layer, None,
+                      (cos, sin, causal_attention_mask(mask)), model.remat)
+  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_))
 
 
-def _thought_layer(layer: Any, x: jax.Array, cos: jax.Array, sin: jax.Array,
-                   doc_keys: jax.Array, doc_values: jax.Array, masks: ThoughtMasks,
-                   cache_kv: tuple[jax.Array, jax.Array] | None,
-                   write_index: jax.Array | None) -> tuple[jax.Array, Any]:
-  """One Qwen3 decoder layer for thought tokens [B, N·Tq, E] over the shared document."""
+def _thought_layer(layer: Any, x: jax.Array, value: Any, cos: jax.Array, sin: jax.Array,
+                   masks: ThoughtMasks, write_index: jax.Array | None) -> tuple[jax.Array, Any]:
+  """One Qwen3 decoder layer for thought tokens [B, N·Tq, E] over the shared document; `value` is
+  ((document keys, values), own cache keys/values or None)."""
+  (doc_keys, doc_values), cache_kv = value
   out, written = attend_over_document(layer.attention, layer.attention_norm(x), cos, sin,
                                       doc_keys, doc_values, masks, cache_kv, write_index)
   x = constrain(x + out, RESIDUAL_AXES)
@@ -84,21 +90,15 @@ def dense_thought_forward(model: DenseDecoder, doc_kv: DocumentKV, prefix_len: j
                           model.head_dim, model.rope_theta)
   x = model.token_embedding(thought_tokens.reshape(batch, num_thoughts * length))
   masks = thought_masks(doc_kv, prefix_len, thought_mask, self_cache)
-  new_keys, new_values = [], []
   remat = model.remat if self_cache is None else 'none'  # decoding takes no gradient
-  for i, layer in enumerate(model.layers):
-    cache_kv = None if self_cache is None else (self_cache.keys[i], self_cache.values[i])
-    x, written = layer_forward(layer, x, cos, sin, doc_kv.keys[i], doc_kv.values[i], masks,
-                               cache_kv, None if self_cache is None else self_cache.index,
-                               remat=remat, call=_thought_layer)
-    if written is not None:
-      new_keys.append(written[0])
-      new_values.append(written[1])
+  own = None if self_cache is None else self_cache.layers
+  x, written = run_stack(model, model.plan, x, _thought_layer, zip_values(doc_kv.layers, own),
+                         (cos, sin, masks, None if self_cache is None else self_cache.index),
+                         remat)
   logits = model.output_logits(x).reshape(batch, num_thoughts, length, -1)
   if self_cache is None:
     return logits, None
-  return logits, KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=masks.own_valid,
-                         index=self_cache.index + length)
+  return logits, KVCache(layers=written, valid=masks.own_valid, index=self_cache.index + length)
 
 
 DENSE = ModelFamily(

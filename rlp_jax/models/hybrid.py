@@ -23,9 +23,9 @@ from flax import nnx
 from rlp_jax.models.attention import Attention
 from rlp_jax.models.decoder import Decoder
 from rlp_jax.models.hybrid_cache import HybridCache, MambaState
-from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
-                                     write_columns)
-from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SquaredReLUMLP, layer_forward
+from rlp_jax.models.kv_cache import cached_attention_mask, causal_attention_mask, write_columns
+from rlp_jax.models.layer_stack import run_stack
+from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SquaredReLUMLP
 from rlp_jax.models.mamba2 import Mamba2Mixer
 from rlp_jax.parallel.activation_sharding import constrain
 
@@ -77,31 +77,28 @@ class HybridDecoder(Decoder):
     return [HybridBlock(kind, config, param_dtype=param_dtype, compute_dtype=compute_dtype,
                         rngs=rngs) for kind in config.layer_pattern]
 
+  @staticmethod
+  def layer_kinds(config: Any) -> str:
+    return str(config.layer_pattern)
+
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
                  cache: HybridCache | None) -> tuple[jax.Array, HybridCache | None]:
     del positions  # nothing in the model depends on positions except causality
     if cache is None:
-      attention_mask = causal_attention_mask(token_mask)
-      for layer in self.layers:
-        x, _ = layer_forward(layer, x, token_mask, attention_mask, remat=self.remat)
+      x, _ = run_stack(self, self.plan, x, _block, None,
+                       (token_mask, causal_attention_mask(token_mask), None), self.remat)
       return x, None
+    valid = write_columns(cache.valid, token_mask, cache.index)
+    attention_mask = cached_attention_mask(valid, cache.index, x.shape[1])
+    x, layers = run_stack(self, self.plan, x, _block, cache.layers,
+                          (token_mask, attention_mask, cache.index), 'none')
+    return x, HybridCache(layers=layers, valid=valid, index=cache.index + x.shape[1])
 
-    kv = cache.attention
-    valid = write_columns(kv.valid, token_mask, kv.index)
-    attention_mask = cached_attention_mask(valid, kv.index, x.shape[1])
-    past_kv = iter(zip(kv.keys, kv.values, strict=True))
-    past_mamba = iter(cache.mamba)
-    new_keys, new_values, new_mamba = [], [], []
-    for layer in self.layers:
-      if layer.kind == '*':
-        x, (keys, values) = layer(x, token_mask, attention_mask, next(past_kv), kv.index)
-        new_keys.append(keys)
-        new_values.append(values)
-      elif layer.kind == 'M':
-        x, mamba_state = layer(x, token_mask, attention_mask, next(past_mamba))
-        new_mamba.append(mamba_state)
-      else:
-        x, _ = layer(x, token_mask, attention_mask)
-    new_kv = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=valid,
-                     index=kv.index + x.shape[1])
-    return x, HybridCache(attention=new_kv, mamba=tuple(new_mamba))
+
+def _block(layer: HybridBlock, x: jax.Array, state: LayerState, token_mask: jax.Array,
+           attention_mask: jax.Array, write_index: jax.Array | None,
+           ) -> tuple[jax.Array, LayerState]:
+  """One layer with its cache value (None without a cache): (x, its new value; None for MLP and
+  without a cache)."""
+  x, new_state = layer(x, token_mask, attention_mask, state, write_index)
+  return x, (None if state is None else new_state)

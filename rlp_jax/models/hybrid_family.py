@@ -26,9 +26,11 @@ from rlp_jax.errors import ConfigError
 from rlp_jax.models.family import ModelFamily
 from rlp_jax.models.hf_names.nemotron_h import NEMOTRON_H
 from rlp_jax.models.hybrid import HybridDecoder
-from rlp_jax.models.hybrid_cache import HybridCache, empty_hybrid_cache, thought_start_states
-from rlp_jax.models.kv_cache import KVCache, causal_attention_mask, empty_kv_cache
-from rlp_jax.models.layers import RESIDUAL_AXES, layer_forward, resolve_dtype
+from rlp_jax.models.hybrid_cache import (HybridCache, MambaState, empty_hybrid_cache,
+                                         thought_start_state)
+from rlp_jax.models.kv_cache import causal_attention_mask, empty_attention_entry
+from rlp_jax.models.layer_stack import map_values, run_stack, zip_values
+from rlp_jax.models.layers import RESIDUAL_AXES, resolve_dtype
 from rlp_jax.models.prefix_attention import (DocumentKV, ThoughtMasks, attend_over_document,
                                              thought_masks)
 from rlp_jax.parallel.activation_sharding import constrain
@@ -61,13 +63,16 @@ def validate_hybrid_config(model_config: Any) -> None:
 def init_hybrid_cache(model_config: Any, batch_size: int, max_len: int) -> HybridCache:
   """Empty decode cache in the compute dtype (SSM states fp32); see hybrid_cache.py."""
   dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
-  return empty_hybrid_cache(model_config, batch_size, max_len, dtype)
+  return empty_hybrid_cache(model_config, HybridDecoder.layer_plan(model_config), batch_size,
+                            max_len, dtype)
 
 
-def _document_block(layer: Any, x: jax.Array, mask: jax.Array, attention_mask: jax.Array,
-                    state_positions: jax.Array) -> tuple[jax.Array, Any]:
+def _document_block(layer: Any, x: jax.Array, value: None, mask: jax.Array,
+                    attention_mask: jax.Array, state_positions: jax.Array,
+                    ) -> tuple[jax.Array, Any]:
   """One block over the documents: (x + mixer(norm(x)), what the thoughts need from it: the
   Mamba states at the positions, the attention keys/values, or None)."""
+  del value
   normed = layer.norm(x)
   kept = None
   if layer.kind == 'M':
@@ -79,20 +84,25 @@ def _document_block(layer: Any, x: jax.Array, mask: jax.Array, attention_mask: j
   return constrain(x + out, RESIDUAL_AXES), kept
 
 
-def _thought_block(layer: Any, x: jax.Array, row_mask: jax.Array, mamba_state: Any,
-                   doc_keys: Any, doc_values: Any, masks: ThoughtMasks, cache_kv: Any,
-                   write_index: Any, *, num_thoughts: int) -> tuple[jax.Array, Any]:
-  """One block for thought rows x [B·N, Tq, E]: (new x, the Mamba state or the written own
-  keys/values, or None)."""
+def _thought_block(layer: Any, x: jax.Array, value: Any, row_mask: jax.Array,
+                   masks: ThoughtMasks, write_index: Any, *, num_thoughts: int,
+                   ) -> tuple[jax.Array, Any]:
+  """One block for thought rows x [B·N, Tq, E]; `value` is (the document pass's value of the
+  layer, the own cache's value or None). Returns (new x, the Mamba state or the written own
+  keys/values with a cache, else None)."""
+  document, own = value
   normed = layer.norm(x)
   kept = None
   if layer.kind == 'M':
-    out, kept = layer.mixer(normed, row_mask, mamba_state)
+    start = own if own is not None else thought_start_state(document, num_thoughts)
+    out, kept = layer.mixer(normed, row_mask, start)
+    kept = None if own is None else kept
   elif layer.kind == '*':
     rows, length = x.shape[:2]
+    doc_keys, doc_values = document
     out, kept = attend_over_document(
         layer.mixer, normed.reshape(rows // num_thoughts, num_thoughts * length, -1), None, None,
-        doc_keys, doc_values, masks, cache_kv, write_index)
+        doc_keys, doc_values, masks, own, write_index)
     out = out.reshape(x.shape)
   else:
     out = layer.mixer(normed)
@@ -109,20 +119,9 @@ def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, positions: jax.A
   if state_positions is None:
     raise ValueError('document_kv of a hybrid model needs state_positions [B, K]: the scored '
                      'positions whose Mamba states the thoughts start from')
-  x = model.token_embedding(tokens)
-  attention_mask = causal_attention_mask(mask)
-  keys, values, states = [], [], []
-  for layer in model.layers:
-    x, kept = layer_forward(layer, x, mask, attention_mask, state_positions, remat=model.remat,
-                            call=_document_block)
-    if layer.kind == 'M':
-      states.append(kept)
-    elif layer.kind == '*':
-      keys.append(kept[0])
-      values.append(kept[1])
-  logits = model.output_logits(x)
-  return logits, DocumentKV(keys=tuple(keys), values=tuple(values),
-                            valid=mask.astype(jnp.bool_), mamba=tuple(states))
+  x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_block, None,
+                      (mask, causal_attention_mask(mask), state_positions), model.remat)
+  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_))
 
 
 def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,
@@ -130,10 +129,15 @@ def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_p
   """Own-thought cache of B·N rows: empty attention columns, Mamba states from the document."""
   dtype = resolve_dtype(model_config.compute_dtype, 'model.compute_dtype')
   rows = doc_kv.valid.shape[0] * thoughts_per_document
-  attention = empty_kv_cache(model_config.layer_pattern.count('*'), rows, max_len,
-                             model_config.num_kv_heads, model_config.head_dim, dtype)
-  return HybridCache(attention=attention,
-                     mamba=thought_start_states(doc_kv.mamba, thoughts_per_document))
+
+  def entry(document: Any) -> Any:
+    if isinstance(document, MambaState):
+      return thought_start_state(document, thoughts_per_document)
+    return empty_attention_entry(rows, max_len, model_config.num_kv_heads, model_config.head_dim,
+                                 dtype)
+
+  return HybridCache(layers=map_values(doc_kv.layers, entry),
+                     valid=jnp.zeros((rows, max_len), jnp.bool_), index=jnp.zeros((), jnp.int32))
 
 
 def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len: jax.Array,
@@ -150,37 +154,17 @@ def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len:
   batch, num_thoughts, length = thought_tokens.shape
   rows = batch * num_thoughts
   row_mask = thought_mask.reshape(rows, length)
-  own_kv = None if self_cache is None else self_cache.attention
-  masks = thought_masks(doc_kv, prefix_len, thought_mask, own_kv)
-  mamba_in = (thought_start_states(doc_kv.mamba, num_thoughts) if self_cache is None
-              else self_cache.mamba)
+  masks = thought_masks(doc_kv, prefix_len, thought_mask, self_cache)
   x = model.token_embedding(thought_tokens.reshape(rows, length))  # [B·N, Tq, E]
-  new_keys, new_values, new_mamba = [], [], []
   remat = model.remat if self_cache is None else 'none'  # decoding takes no gradient
   block = functools.partial(_thought_block, num_thoughts=num_thoughts)
-  attention_index = 0
-  for layer in model.layers:
-    state = doc_keys = doc_values = cache_kv = write_index = None
-    if layer.kind == 'M':
-      state = mamba_in[len(new_mamba)]
-    elif layer.kind == '*':
-      i, attention_index = attention_index, attention_index + 1
-      doc_keys, doc_values = doc_kv.keys[i], doc_kv.values[i]
-      if own_kv is not None:
-        cache_kv, write_index = (own_kv.keys[i], own_kv.values[i]), own_kv.index
-    x, kept = layer_forward(layer, x, row_mask, state, doc_keys, doc_values, masks, cache_kv,
-                            write_index, remat=remat, call=block)
-    if layer.kind == 'M':
-      new_mamba.append(kept)
-    elif layer.kind == '*' and kept is not None:
-      new_keys.append(kept[0])
-      new_values.append(kept[1])
+  own = None if self_cache is None else self_cache.layers
+  x, kept = run_stack(model, model.plan, x, block, zip_values(doc_kv.layers, own),
+                      (row_mask, masks, None if self_cache is None else self_cache.index), remat)
   logits = model.output_logits(x).reshape(batch, num_thoughts, length, -1)
   if self_cache is None:
     return logits, None
-  attention = KVCache(keys=tuple(new_keys), values=tuple(new_values), valid=masks.own_valid,
-                      index=own_kv.index + length)
-  return logits, HybridCache(attention=attention, mamba=tuple(new_mamba))
+  return logits, HybridCache(layers=kept, valid=masks.own_valid, index=self_cache.index + length)
 
 
 HYBRID = ModelFamily(

@@ -1,10 +1,12 @@
-"""Decode cache for attention layers: an explicit pytree passed into and out of `forward`.
+"""Decode cache: an explicit pytree passed into and out of `forward`.
 
 Layout (S = max_len columns, shared by all rows):
-  keys, values: tuple over attention layers of [B, S, num_kv_heads, head_dim] in compute dtype
-                (keys are stored after q/k-norm and RoPE);
-  valid:        bool [B, S], True where a column holds a real token;
-  index:        int32 scalar, the next column to write (the same for every row).
+  layers: a layer_stack.LayerValues (a value per layer, in the model's unrolled or scanned
+          layout): for an attention layer (keys, values), each [B, S, num_kv_heads, head_dim] in
+          compute dtype (keys stored after q/k-norm and RoPE); for a hybrid Mamba2 layer its
+          hybrid_cache.MambaState; None for a layer without state (MLP);
+  valid:  bool [B, S], True where a column holds a real token;
+  index:  int32 scalar, the next column to write (the same for every row).
 Writing L tokens fills columns [index, index + L) of every row and sets `valid` there from the
 token mask. Ragged prompts are LEFT padded (pad columns stay invalid) and carry explicit RoPE
 positions, so all rows decode at the same column. The caller keeps index + L <= S
@@ -13,18 +15,19 @@ positions, so all rows decode at the same column. The caller keeps index + L <= 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rlp_jax.models.layer_stack import LayerPlan, LayerValues, build_values
+
 
 @struct.dataclass
 class KVCache:
-  """Per-layer keys/values plus the shared column bookkeeping (see module docstring)."""
-  keys: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
+  """Per-layer cache values plus the shared column bookkeeping (see module docstring)."""
+  layers: LayerValues
   valid: jax.Array
   index: jax.Array
 
@@ -33,16 +36,19 @@ class KVCache:
     return self.valid.shape[1]
 
 
-def empty_kv_cache(num_layers: int, batch_size: int, max_len: int, num_kv_heads: int,
-                   head_dim: int, dtype: Any) -> KVCache:
-  """All-zero cache with no valid column and index 0."""
+def empty_attention_entry(batch_size: int, max_len: int, num_kv_heads: int, head_dim: int,
+                          dtype: Any) -> tuple[jax.Array, jax.Array]:
+  """One attention layer's all-zero (keys, values)."""
   shape = (batch_size, max_len, num_kv_heads, head_dim)
-  return KVCache(
-      keys=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-      values=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-      valid=jnp.zeros((batch_size, max_len), jnp.bool_),
-      index=jnp.zeros((), jnp.int32),
-  )
+  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
+
+
+def empty_cache(plan: LayerPlan, batch_size: int, max_len: int,
+                make_entry: Callable[[str], Any]) -> KVCache:
+  """A cache with `make_entry(kind)` per layer, no valid column and index 0."""
+  return KVCache(layers=build_values(plan, make_entry),
+                 valid=jnp.zeros((batch_size, max_len), jnp.bool_),
+                 index=jnp.zeros((), jnp.int32))
 
 
 def write_columns(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:

@@ -28,7 +28,7 @@ QUERY_AXES = ('batch', 'length', 'activation_heads', 'head_dim')  # [B, L, H, D]
 KV_AXES = ('batch', 'length', 'activation_kv_heads', 'head_dim')  # [B, L, K, D]
 LOGITS_AXES = ('batch', 'length', 'activation_vocab')  # [B, L, V]
 
-REMAT_CHOICES = ('none', 'block')
+REMAT_POLICIES = ('full', 'save_matmuls', 'none')
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -149,33 +149,46 @@ class SquaredReLUMLP(nnx.Module):
 
 
 def remat_option(model_config: Any) -> str:
-  """`model.remat` ('block' when a hand-built config lacks the key), checked."""
-  remat = model_config.get('remat', 'block')
-  if remat not in REMAT_CHOICES:
-    raise ConfigError(f'config key `model.remat` must be one of {list(REMAT_CHOICES)}, '
-                      f'got {remat!r}')
-  return remat
+  """`model.remat_policy` ('full' when a hand-built config lacks the key), checked."""
+  if 'remat' in model_config:
+    raise ConfigError("config key `model.remat` was renamed `model.remat_policy` ('block' is now "
+                      "'full')")
+  policy = model_config.get('remat_policy', 'full')
+  if policy not in REMAT_POLICIES:
+    raise ConfigError(f'config key `model.remat_policy` must be one of {list(REMAT_POLICIES)}, '
+                      f'got {policy!r}')
+  return policy
+
+
+def checkpoint_policy(policy: str) -> Callable[..., Any] | None:
+  """The jax.checkpoint policy of a `model.remat_policy` (None for 'none': no remat)."""
+  return {'full': jax.checkpoint_policies.nothing_saveable,
+          'save_matmuls': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+          'none': None}[policy]
 
 
 def layer_forward(layer: nnx.Module, *args: Any, remat: str,
                   call: Callable[..., Any] | None = None) -> Any:
-  """`layer(*args)` (or `call(layer, *args)`); with remat 'block' its forward is recomputed in the
-  backward pass, so only its inputs are kept (see `recomputed_in_backward`). The numbers are
-  those of the plain call.
+  """`layer(*args)` (or `call(layer, *args)`) under a `model.remat_policy`: 'full' recomputes its
+  forward in the backward pass, so only its inputs are kept (see `recomputed_in_backward`);
+  'save_matmuls' keeps the matmul outputs (jax.checkpoint with that policy); 'none' keeps
+  everything. The numbers are those of the plain call.
 
   `args` are arrays (or pytrees of arrays / None); the first is the residual stream.
   """
   call = call or (lambda module, *inputs: module(*inputs))
   if remat == 'none':
     return call(layer, *args)
-  if remat != 'block':
-    raise ConfigError(f'config key `model.remat` must be one of {list(REMAT_CHOICES)}, '
+  if remat not in REMAT_POLICIES:
+    raise ConfigError(f'config key `model.remat_policy` must be one of {list(REMAT_POLICIES)}, '
                       f'got {remat!r}')
   graphdef, state = nnx.split(layer)
 
   def pure_forward(state: nnx.State, *args: Any) -> Any:
     return call(nnx.merge(graphdef, state), *args)
 
+  if remat == 'save_matmuls':
+    return jax.checkpoint(pure_forward, policy=checkpoint_policy(remat))(state, *args)
   return recomputed_in_backward(pure_forward)(state, *args)
 
 

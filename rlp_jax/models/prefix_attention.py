@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rlp_jax.models.attention import Attention
-from rlp_jax.models.hybrid_cache import MambaState
+from rlp_jax.models.layer_stack import LayerValues
 from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
                                      write_columns)
 
@@ -29,15 +29,14 @@ _MASKED_SCORE = -1e30  # as attention.py: finite, so a query with no visible key
 class DocumentKV:
   """What one document pass leaves for its rollouts.
 
-  keys/values: per attention layer [B, L, Hkv, D] (keys after k-norm and RoPE where the family
-  has them); valid bool [B, L]; mamba: per Mamba2 layer (hybrid family; empty for dense) the
-  recurrent state after the first t tokens of the document for each of the K scored positions t,
-  arrays leading with [B, K] (hybrid_cache.MambaState layout otherwise).
+  layers: a value per layer (layer_stack.LayerValues, the model's layout): for an attention layer
+  its (keys, values) [B, L, Hkv, D] (keys after k-norm and RoPE where the family has them); for a
+  Mamba2 layer (hybrid family) the recurrent state after the first t tokens of the document for
+  each of the K scored positions t, arrays leading with [B, K] (hybrid_cache.MambaState layout
+  otherwise); None for an MLP layer. valid bool [B, L].
   """
-  keys: tuple[jax.Array, ...]
-  values: tuple[jax.Array, ...]
+  layers: LayerValues
   valid: jax.Array
-  mamba: tuple[MambaState, ...] = ()
 
 
 @flax.struct.dataclass

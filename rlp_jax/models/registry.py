@@ -19,6 +19,7 @@ from rlp_jax.errors import ConfigError
 from rlp_jax.models.dense_family import DENSE
 from rlp_jax.models.family import ModelFamily
 from rlp_jax.models.hybrid_cache import HybridCache
+from rlp_jax.models.layer_stack import LayerPlan
 from rlp_jax.models.hybrid_family import HYBRID
 from rlp_jax.models.kv_cache import KVCache
 
@@ -46,6 +47,19 @@ def family_of_model(model: nnx.Module) -> ModelFamily:
     raise ConfigError(f'{type(model).__name__} is the decoder of {len(matches)} model families '
                       f'(registered: {sorted(FAMILIES)}); expected exactly one')
   return matches[0]
+
+
+def layer_plan(model_config: Any) -> LayerPlan:
+  """Where the model's layers and per-layer values live (unrolled or scanned, layer_stack.py)."""
+  return family_of(model_config).decoder.layer_plan(model_config)
+
+
+def with_layout(model_config: Any, scanned: bool) -> Any:
+  """A copy of `model_config` with `model.scan_layers` = `scanned` (the same parameters, laid
+  out unrolled or scanned)."""
+  config = model_config.copy_and_resolve_references()
+  config.scan_layers = scanned
+  return config
 
 
 def build_model(model_config: Any, rngs: nnx.Rngs) -> nnx.Module:

@@ -31,6 +31,8 @@ import orbax.checkpoint as ocp
 
 from rlp_jax import paths
 from rlp_jax.errors import CheckpointError
+from rlp_jax.models.layer_stack import (LayerPlan, other_layout, relayout_arrays, to_layout,
+                                        tree_is_scanned)
 from rlp_jax.parallel.distributed import is_primary_process, say
 from rlp_jax.train.state_checksum import first_difference, leaf_name, state_checksums
 
@@ -153,11 +155,14 @@ class Checkpointer:
   # Restoring.
 
   def restore_latest(self, abstract_state: Any,
-                     check_record: Callable[[dict | None, int], None] | None = None
+                     check_record: Callable[[dict | None, int], None] | None = None,
+                     layout: LayerPlan | None = None,
                      ) -> tuple[Any, int, dict | None] | None:
     """(state, step, record) of the newest intact step, None when there is no checkpoint.
 
-    Restores into the structure, shapes, dtypes and shardings of `abstract_state`. `record` is
+    Restores into the structure, shapes, dtypes and shardings of `abstract_state`. With `layout`
+    (the model's layer plan), a step saved in the other layer layout (`model.scan_layers`) is
+    read in its own layout, verified, then moved into `abstract_state`'s. `record` is
     what `maybe_save` was given (None for a step written before records existed);
     `check_record(record, step)`, when given, sees it before the step's arrays are read or its
     tree is compared with `abstract_state`, and may raise (its exception is passed on as it is).
@@ -173,7 +178,7 @@ class Checkpointer:
       return None
     damaged = []
     for step in steps:
-      outcome = self._attempt(abstract_state, step, check_record)
+      outcome = self._attempt(abstract_state, step, check_record, layout)
       if isinstance(outcome, str):
         damaged.append((step, outcome))
         continue
@@ -190,7 +195,8 @@ class Checkpointer:
         f'no intact checkpoint in {self.directory}: steps {listed} are damaged ({reasons}); '
         'delete or move them to start over, or use another --workdir')
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> Any:
+  def restore(self, abstract_state: Any, step: int | None = None,
+              layout: LayerPlan | None = None) -> Any:
     """The state of `step` (default: the latest), verified like `restore_latest` but without
     falling back: CheckpointError when it is damaged (it is not moved).
 
@@ -201,19 +207,19 @@ class Checkpointer:
     if step is None or step not in self._manager.all_steps():
       raise CheckpointError(f'{self.directory} has no checkpoint of step {step} '
                             f'(steps: {self.all_steps()})')
-    outcome = self._attempt(abstract_state, step, None)
+    outcome = self._attempt(abstract_state, step, None, layout)
     if isinstance(outcome, str):
       raise CheckpointError(f'checkpoint step {step} in {self.directory} is damaged ({outcome})')
     return outcome[0]
 
   def _attempt(self, abstract_state: Any, step: int,
-               check_record: Callable[[dict | None, int], None] | None
-               ) -> tuple[Any, dict | None] | str:
+               check_record: Callable[[dict | None, int], None] | None,
+               layout: LayerPlan | None = None) -> tuple[Any, dict | None] | str:
     """(state, record) of `step`, or the reason it is damaged (the same on every process)."""
     # 1. The tree metadata and the record (small files): unreadable means damaged.
     reason, plan = None, None
     try:
-      plan = self._plan(abstract_state, step)
+      plan = self._plan(abstract_state, step, layout)
     except _Damaged as error:
       reason = str(error)
     except Exception as error:  # pylint: disable=broad-exception-caught
@@ -221,7 +227,7 @@ class Checkpointer:
     outcomes = _gather(1 if reason else 0, reason or '')
     if any(code for code, _ in outcomes):
       return _first_reason(outcomes)
-    target, legacy_count, contents, mismatch = plan
+    target, legacy_count, contents, mismatch, relayout = plan
     record = contents.get('record') if contents is not None else None
     if check_record is not None:
       check_record(record, step)
@@ -251,11 +257,15 @@ class Checkpointer:
            'restored it unverified')
     if legacy_count:
       state = state.replace(nonfinite_steps=jnp.zeros((), jnp.int32))
+    if relayout is not None:  # saved in the other layer layout: now into the configured one
+      state = relayout_arrays(state, layout, relayout)
     return state, record
 
-  def _plan(self, abstract_state: Any, step: int) -> tuple[Any, bool, dict | None, str | None]:
+  def _plan(self, abstract_state: Any, step: int, layout: LayerPlan | None = None,
+            ) -> tuple[Any, bool, dict | None, str | None, Any]:
     """(restore target, whether the step predates `nonfinite_steps`, the record's contents or
-    None for a step without one, how the stored tree differs from `abstract_state` or None)."""
+    None for a step without one, how the stored tree differs from `abstract_state` or None, and
+    the configured shardings when the step is in the other layer layout, else None)."""
     step_dir = self._step_path(step)
     metadata = self._state_handler.metadata(step_dir / STATE_ITEM)
     custom = getattr(metadata, 'custom_metadata', None) or {}
@@ -268,6 +278,12 @@ class Checkpointer:
         raise _Damaged(f'cannot read its record: {_first_line(error)}') from error
       if not (isinstance(contents, dict) and isinstance(contents.get('checksums'), dict)):
         raise _Damaged('its record holds no checksums')
+    relayout = None
+    stored_scanned = None if layout is None else tree_is_scanned(metadata.tree)
+    if stored_scanned is not None and stored_scanned != layout.scanned:
+      abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
+      relayout = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+      abstract_state = to_layout(abstract_state, other_layout(layout))
     stored = {leaf_name(path): _shape_dtype(leaf)
               for path, leaf in jax.tree_util.tree_leaves_with_path(metadata.tree)}
     configured = {leaf_name(path): _shape_dtype(leaf)
@@ -283,12 +299,13 @@ class Checkpointer:
       if then != now:
         saved = 'is not in the checkpoint' if then is None else f'is {_describe(then)} there'
         return target, legacy_count, contents, (f'{name} {saved} and {_describe(now)} in the '
-                                                'configured state')
+                                                'configured state'), relayout
     for name, then in stored.items():
       if name not in configured:
-        return target, legacy_count, contents, (f'{name} ({_describe(then)}) is in the '
-                                                'checkpoint but not in the configured state')
-    return target, legacy_count, contents, None
+        return (target, legacy_count, contents,
+                f'{name} ({_describe(then)}) is in the checkpoint but not in the configured state',
+                relayout)
+    return target, legacy_count, contents, None, relayout
 
   def _read(self, step: int, target: Any) -> Any:
     # The item's own handler, not `CheckpointManager.restore`: after reading, the manager waits

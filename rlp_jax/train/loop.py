@@ -160,7 +160,9 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       say(note)
 
   # Verified (checksums), falling back past damaged steps; refused when what it depends on changed.
-  restored = checkpointer.restore_latest(state, check_record=check_record)
+  # A step saved with the other `model.scan_layers` is moved into this run's layer layout.
+  restored = checkpointer.restore_latest(state, check_record=check_record,
+                                         layout=registry.layer_plan(config.model))
   if restored is not None:
     state, first_step, _ = restored  # loop steps (batches), as checkpoints are named
     say(f'resumed from {checkpointer.directory} at step {first_step} '

@@ -27,17 +27,19 @@ from typing import Any
 
 import jax
 
+from rlp_jax import paths
 from rlp_jax.data.hf_tokenizer import HFJsonTokenizer
 from rlp_jax.data.tokenizer import SentencePieceTokenizer
 from rlp_jax.errors import RunChangedError
 from rlp_jax.models import registry
+from rlp_jax.models.layer_stack import is_scanned_tree
 
 RECORD_VERSION = 1
 ALLOW_DATA_CHANGE_FLAG = '--config.train.allow_data_change=True'
 # `model.*` keys that never change a parameter's shape or dtype; every other model key is listed
 # under model_shape.keys (a new key counts as a shape key until it is named here).
-NOT_SHAPE_KEYS = ('init_from', 'rope_theta', 'norm_eps', 'compute_dtype', 'init_std', 'remat',
-                  'mamba_chunk_size', 'mamba_dt_limit_min', 'mamba_dt_limit_max')
+NOT_SHAPE_KEYS = ('init_from', 'rope_theta', 'norm_eps', 'compute_dtype', 'init_std',
+                  'remat_policy', 'scan_layers', 'mamba_chunk_size', 'mamba_dt_limit_min', 'mamba_dt_limit_max')
 # The `data.*` keys that choose the documents (recorded for messages; the hash decides).
 CORPUS_KEYS = ('corpus', 'files', 'text_field', 'num_documents', 'corpus_seed',
                'worked_fraction')
@@ -87,10 +89,12 @@ def _path_name(path: tuple[Any, ...]) -> str:
 def model_shape(model_config: Any, params: Any = None) -> dict[str, Any]:
   """{'keys': {'model.<key>': value}, 'params': {path: [shape, dtype]}} of the model config.
 
-  `params` (abstract or real parameters of `model_config`) saves building the abstract tree.
+  `params` (abstract or real parameters of `model_config`) saves building the abstract tree. The
+  tree is recorded in the unrolled layout (`model.scan_layers` changes no parameter: a checkpoint
+  of either layout loads into the other).
   """
-  if params is None:
-    _, params = registry.abstract_params(model_config)
+  if params is None or is_scanned_tree(params):
+    _, params = registry.abstract_params(registry.with_layout(model_config, False))
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   return {
       'keys': _strict_json({f'model.{key}': value for key, value in model_config.items()
@@ -107,8 +111,7 @@ def tokenizer_definition(tokenizer: Any) -> bytes:
     # The loaded model, whether it came from tokenizer.path, the training cache or memory.
     return tokenizer._sp.serialized_model_proto()  # pylint: disable=protected-access
   if isinstance(tokenizer, HFJsonTokenizer):
-    with open(tokenizer.path, 'rb') as f:
-      return f.read()
+    return paths.read_bytes(tokenizer.path)  # local or a URL
   decode = getattr(tokenizer, 'decode', None)
   vocabulary = [decode([i]) for i in range(tokenizer.vocab_size)] if decode else None
   return json.dumps({'vocabulary': vocabulary, 'probe': list(tokenizer.encode(_PROBE_TEXT))},

@@ -78,7 +78,7 @@ def rollout_temporaries(config, mesh, use_layout):
 def ntp_grad_temporaries(remat):
   """Temporaries of the next-token gradient of an 8-layer dense model on 8 × 256 tokens."""
   config = config_for('dense')
-  config.model.update(dict(num_layers=8, remat=remat))
+  config.model.update(dict(num_layers=8, remat_policy=remat))
   graphdef, params = registry.abstract_params(config.model)
   tokens = jax.ShapeDtypeStruct((8, 256), jnp.int32)
   mask = jax.ShapeDtypeStruct((8, 256), jnp.bool_)
@@ -105,7 +105,7 @@ def main():
   report['rollout_temporaries'] = {'with': rollout_temporaries(config, mesh, True),
                                    'without': rollout_temporaries(config, mesh, False)}
   report['ntp_grad_temporaries'] = {remat: ntp_grad_temporaries(remat)
-                                    for remat in ('none', 'block')}
+                                    for remat in ('none', 'full')}
   print(json.dumps(report))
 
 

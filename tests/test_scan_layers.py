@@ -1,0 +1,207 @@
+"""`model.scan_layers`: the scanned layer stack computes what the unrolled one does.
+
+Numbers are compared in float64 (the two layouts run the same per-layer code; XLA fuses a scan
+body differently from unrolled layers, so fp32 rounding differs by a few ulps and says nothing),
+where they agree to F64_REL; in fp32 the scanned path's error against its own float64 run is at
+most ACCURACY_FACTOR × the unrolled path's (+ ACCURACY_FLOOR), as in test_shared_prefix.py.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.models import registry
+from rlp_jax.models.layer_stack import (is_scanned_tree, scan_segments, scanned_params,
+                                        unrolled_params)
+from rlp_jax.models.registry import document_positions
+from rlp_jax.models.shared_prefix import document_kv, empty_thought_cache, thought_forward
+from rlp_jax.rollout.rlp_rollout import rollout_batch
+from rlp_jax.train.rlp_loss import rlp_loss
+from tests import helpers
+from tests.float64 import float64_run, max_abs, max_diff, to_float64
+
+F64_REL = 1e-12
+ACCURACY_FACTOR = 2.0
+ACCURACY_FLOOR = 1e-7
+NEMOTRON_H_12B = 'M-M-M-M*-' * 6 + 'M-' * 4
+SPECIAL = SpecialTokens(think_start_id=helpers.THINK_START, think_end_id=helpers.THINK_END,
+                        pad_id=helpers.PAD)
+# The hybrid test pattern repeats 'M*-' twice then ends in 'M-': two scanned segments.
+HYBRID_PATTERN = 'M*-M*-M-'
+
+
+def layouts(family: str):
+  """(unrolled, scanned) model configs of the tiny rollout model of `family`."""
+  base = helpers.rollout_model_config(family)
+  if family == 'hybrid':
+    base.layer_pattern, base.num_layers = HYBRID_PATTERN, len(HYBRID_PATTERN)
+  else:
+    base.num_layers = 3
+  scanned = base.copy_and_resolve_references()
+  scanned.scan_layers = True
+  return base, scanned
+
+
+def test_segments_cut_the_pattern_into_repeated_units():
+  assert scan_segments(NEMOTRON_H_12B) == (('M-M-M-M*-', 6), ('M-', 4))
+  assert scan_segments('D' * 28) == (('D', 28),)
+  assert scan_segments('M*-M') == (('M*-M', 1),)  # nothing repeats: one unrolled segment
+  assert scan_segments(HYBRID_PATTERN) == (('M*-', 2), ('M-', 1))
+  rng = np.random.default_rng(0)
+  for _ in range(200):  # any pattern: the segments give it back, and repeats are ≥ 2 or a loose run
+    kinds = ''.join(rng.choice(list('M*-'), size=int(rng.integers(1, 40))))
+    segments = scan_segments(kinds)
+    assert ''.join(unit * n for unit, n in segments) == kinds
+    assert all(unit and n >= 1 for unit, n in segments)
+    # A run is never split: the same unit is never scanned twice in a row, and two loose runs
+    # are never neighbours.
+    assert all(a != b and not (m == n == 1) for (a, m), (b, n) in zip(segments, segments[1:]))
+
+
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+def test_a_seed_gives_the_same_parameters_in_both_layouts(family):
+  unrolled_config, scanned_config = layouts(family)
+  _, unrolled = registry.init_params(unrolled_config, seed=3)
+  _, scanned = registry.init_params(scanned_config, seed=3)
+  plan = registry.layer_plan(scanned_config)
+  assert is_scanned_tree(scanned) and not is_scanned_tree(unrolled)
+  jax.tree.map(np.testing.assert_array_equal, scanned_params(unrolled, plan), scanned)
+  jax.tree.map(np.testing.assert_array_equal, unrolled_params(scanned, plan), unrolled)
+  axes = registry.param_logical_axes(scanned_config)
+  first_unit = axes['blocks'][0][0]
+  assert all(leaf[0] == 'layers' for leaf in jax.tree.leaves(
+      first_unit, is_leaf=lambda x: isinstance(x, tuple)))
+
+
+def model_outputs(config, params, tokens, mask, positions):
+  """Everything a layout changes, in one jitted call: the forward's logits, the cached decode
+  (prefill of 8 tokens then 4 one-token steps), the next-token loss gradient, and the shared-
+  prefix passes (document pass, thought scoring with gradient, thought decoding with a cache)."""
+  graphdef, _ = registry.abstract_params(config)
+  plan = registry.layer_plan(config)
+  width = tokens.shape[1]
+
+  @jax.jit
+  def run(params):
+    doc_positions = document_positions(tokens)
+    logits, _ = registry.forward(graphdef, params, tokens, doc_positions, mask)
+    cache = registry.init_cache(config, tokens.shape[0], width)
+    pieces, cache = registry.forward(graphdef, params, tokens[:, :8], doc_positions[:, :8],
+                                     mask[:, :8], cache)
+    pieces = [pieces]
+    for t in range(8, width):
+      step_logits, cache = registry.forward(graphdef, params, tokens[:, t:t + 1],
+                                            doc_positions[:, t:t + 1], mask[:, t:t + 1], cache)
+      pieces.append(step_logits)
+
+    def ntp(params):
+      out, _ = registry.forward(graphdef, params, tokens, doc_positions, mask)
+      log_probs = jax.nn.log_softmax(out[:, :-1])
+      picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], -1)[..., 0]
+      return -jnp.sum(jnp.where(mask[:, 1:], picked, 0.0))
+    grads = jax.grad(ntp)(params)
+
+    thoughts = jnp.full(positions.shape + (3,), 7, jnp.int32)
+    thought_positions = positions[..., None] + jnp.arange(3)
+    thought_mask = jnp.ones(thoughts.shape, jnp.bool_)
+
+    def scored(params):
+      _, doc = document_kv(graphdef, params, tokens, doc_positions, mask, positions)
+      out, _ = thought_forward(graphdef, params, doc, positions, thoughts, thought_positions,
+                               thought_mask)
+      return jnp.sum(out ** 2) * 1e-3, out
+    (_, thought_logits), thought_grads = jax.value_and_grad(scored, has_aux=True)(params)
+    _, doc = document_kv(graphdef, params, tokens, doc_positions, mask, positions)
+    own = empty_thought_cache(config, doc, positions.shape[1], 3)
+    decoded = []
+    for u in range(3):
+      step_logits, own = thought_forward(graphdef, params, doc, positions, thoughts[..., u:u + 1],
+                                         thought_positions[..., u:u + 1],
+                                         thought_mask[..., u:u + 1], own)
+      decoded.append(step_logits)
+    if plan.scanned:
+      grads = unrolled_params(grads, plan)
+      thought_grads = unrolled_params(thought_grads, plan)
+    return dict(logits=logits, decode=jnp.concatenate(pieces, 1), ntp_grads=grads,
+                thought_logits=thought_logits, thought_grads=thought_grads,
+                thought_decode=jnp.concatenate(decoded, 2))
+
+  return run(params)
+
+
+def assert_layouts_agree(run32, run64):
+  """run32/run64: {layout: outputs} in fp32 and float64; compares every output leaf."""
+  for name in run64['unrolled']:
+    leaves = {layout: jax.tree.leaves(run[name]) for layout, run in run64.items()}
+    leaves32 = {layout: jax.tree.leaves(run[name]) for layout, run in run32.items()}
+    for i, (u64, s64) in enumerate(zip(leaves['unrolled'], leaves['scanned'], strict=True)):
+      scale = max(max_abs(u64), 1e-30)
+      assert s64.dtype == jnp.float64
+      assert max_diff(s64, u64) <= F64_REL * scale, (name, i, max_diff(s64, u64) / scale)
+      error_scanned = max_diff(leaves32['scanned'][i], s64) / scale
+      error_unrolled = max_diff(leaves32['unrolled'][i], u64) / scale
+      assert error_scanned <= ACCURACY_FACTOR * error_unrolled + ACCURACY_FLOOR, (
+          name, i, error_scanned, error_unrolled)
+
+
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+def test_forward_decode_gradients_and_shared_prefix_passes_equal_unrolled(family):
+  unrolled_config, scanned_config = layouts(family)
+  _, params = registry.init_params(unrolled_config, seed=0)
+  plan = registry.layer_plan(scanned_config)
+  batch = helpers.rollout_documents([12, 9, 5])
+  tokens, mask = batch['tokens'], batch['mask']
+  positions = jnp.asarray([[5, 8, 11], [2, 4, 8], [2, 3, 4]], jnp.int32)
+  trees = {'unrolled': params, 'scanned': scanned_params(params, plan)}
+  configs = {'unrolled': unrolled_config, 'scanned': scanned_config}
+  run32 = {k: model_outputs(configs[k], trees[k], tokens, mask, positions) for k in trees}
+  with float64_run():
+    run64 = {k: model_outputs(configs[k], to_float64(trees[k]), tokens, mask, positions)
+             for k in trees}
+  assert_layouts_agree(run32, run64)
+  # The decode and shared-prefix paths are what they claim (against the plain forward).
+  helpers.assert_close(run32['scanned']['decode'], run32['unrolled']['logits'], 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('family', ['dense', 'hybrid'])
+def test_rlp_update_equals_unrolled_in_both_prefix_modes(family):
+  """The RLP loss, its metrics and ∇θ of one rollout per prefix mode (rolled out by the unrolled
+  model), computed by each layout."""
+  unrolled_config, scanned_config = layouts(family)
+  graphdef, params = registry.init_params(unrolled_config, seed=0)
+  _, teacher = registry.init_params(unrolled_config, seed=1)
+  plan = registry.layer_plan(scanned_config)
+  documents = helpers.rollout_documents([12, 5, 4])
+  rlp = {mode: helpers.rollout_rlp_config(thoughts_per_position=2, max_thought_tokens=3,
+                                          prefix_mode=mode) for mode in ('naive', 'shared')}
+  rollouts = jax.jit(lambda p, t: {mode: rollout_batch(
+      graphdef, p, t, jax.random.key(3), documents, unrolled_config, rlp[mode], SPECIAL)
+      for mode in rlp})(params, teacher)
+
+  def update(config, theta, phi, rollouts):
+    graphdef, _ = registry.abstract_params(config)
+    out = {}
+    for mode in rlp:
+      (loss, metrics), grads = jax.value_and_grad(
+          lambda p: rlp_loss(p, phi, graphdef, documents, rollouts[mode], rlp[mode]),
+          has_aux=True)(theta)
+      if is_scanned_tree(grads):
+        grads = unrolled_params(grads, plan)
+      out[mode] = dict(loss=loss, metrics=metrics, grads=grads)
+    return out
+
+  configs = {'unrolled': unrolled_config, 'scanned': scanned_config}
+  convert = {'unrolled': lambda p: p, 'scanned': lambda p: scanned_params(p, plan)}
+  run32 = {k: jax.jit(lambda t, f, r, k=k: update(configs[k], t, f, r))(
+      convert[k](params), convert[k](teacher), rollouts) for k in configs}
+  with float64_run():
+    run64 = {k: jax.jit(lambda t, f, r, k=k: update(configs[k], t, f, r))(
+        to_float64(convert[k](params)), to_float64(convert[k](teacher)), to_float64(rollouts))
+        for k in configs}
+  for mode in rlp:
+    assert_layouts_agree({k: run32[k][mode] for k in configs},
+                         {k: run64[k][mode] for k in configs})

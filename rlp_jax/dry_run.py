@@ -27,7 +27,8 @@ from rlp_jax.config import validate_config
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
 from rlp_jax.parallel.mesh import MESH_AXES, make_mesh
-from rlp_jax.parallel.batch_sharding import batch_sharding, check_batch_divides
+from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides,
+                                             resolve_batch_size)
 from rlp_jax.train.state_sharding import param_shardings, state_shardings
 from rlp_jax.train.optimizer import make_optimizer
 from rlp_jax.data.special_tokens import SpecialTokens
@@ -36,6 +37,39 @@ from rlp_jax.train.state import TrainState, create_train_state
 from rlp_jax.train.ntp_step import make_ntp_step
 
 GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """A machine the dry run checks a config against: how many JAX devices, HBM usable on each."""
+  name: str
+  devices: int
+  usable_gib: float
+  why: str
+
+
+# HBM per device as the vendors state it (decimal GB), less what the runtime keeps back.
+TARGETS = {target.name: target for target in (
+    Target('8xH100', 8, 0.92 * 79.6, '8 H100 80 GB (79.6 GiB as the driver reports) × 0.92, the '
+           'XLA_PYTHON_CLIENT_MEM_FRACTION launch/slurm_gpu.sbatch sets'),
+    Target('v5p-64', 32, 95e9 / GIB, '32 chips (v5p counts TensorCores; one JAX device per chip) '
+           'of 95 GB HBM2e'),
+    Target('v6e-64', 64, 32e9 / GIB, '64 chips of 32 GB HBM'),
+)}
+
+
+def target_named(name: str) -> Target:
+  if name not in TARGETS:
+    raise ConfigError(f'--dry_run_target must be one of {sorted(TARGETS)}, got {name!r}')
+  return TARGETS[name]
+
+
+def fit_line(plan: 'MemoryPlan', target: Target) -> str:
+  """One line: whether the estimated peak per device fits the target's usable HBM."""
+  peak = plan.peak_estimate / GIB
+  verdict = 'fits' if peak <= target.usable_gib else 'does NOT fit'
+  return (f'{target.name}: {verdict}: peak ≈ {peak:.2f} GiB of {target.usable_gib:.1f} GiB usable '
+          f'per device ({target.why})')
 
 
 def simulated_device_count(mesh_config: ml_collections.ConfigDict, requested: int | None) -> int:
@@ -156,6 +190,7 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
   `compile_steps=False` gives only the numbers from shapes and shardings (fast at any size)."""
   validate_config(config)
   mesh = make_mesh(config.mesh)
+  config.data.batch_size = resolve_batch_size(config.data.batch_size, mesh, config.mesh.rules)
   check_batch_divides(config.data.batch_size, mesh, config.mesh.rules)
   use_rlp = config.rlp.enabled
   updates = config.rlp.updates_per_rollout if use_rlp else 1
@@ -198,8 +233,9 @@ def _gib(num_bytes: int) -> str:
   return f'{num_bytes / GIB:9.2f} GiB'
 
 
-def format_report(plan: MemoryPlan) -> list[str]:
-  """The dry run's printout: per-device bytes, then one JSON line with every number."""
+def format_report(plan: MemoryPlan, target: Target | None = None) -> list[str]:
+  """The dry run's printout: per-device bytes, whether it fits `target`, then one JSON line with
+  every number."""
   mesh = ' '.join(f'{axis}={size}' for axis, size in plan.mesh.items())
   labels = {'params': 'θ (params)', 'teacher': 'φ (EMA teacher)', 'optimizer': 'optimizer state',
             'batch': 'batch', 'rollout': 'rollout buffers'}
@@ -217,12 +253,17 @@ def format_report(plan: MemoryPlan) -> list[str]:
                  f'{_gib(memory.aliased)})  peak ≈{_gib(memory.peak_estimate)}  '
                  f'[compiled in {memory.compile_seconds:.1f} s]')
   lines.append(f'peak per device ≈ {_gib(plan.peak_estimate).strip()}')
-  lines.append('memory plan (json): ' + json.dumps(plan_as_dict(plan)))
+  if target is not None:
+    lines.append(fit_line(plan, target))
+  lines.append('memory plan (json): ' + json.dumps(plan_as_dict(plan, target)))
   return lines
 
 
-def plan_as_dict(plan: MemoryPlan) -> dict[str, Any]:
-  return {'mesh': plan.mesh, 'num_devices': plan.num_devices, 'num_params': plan.num_params,
+def plan_as_dict(plan: MemoryPlan, target: Target | None = None) -> dict[str, Any]:
+  fit = {} if target is None else {
+      'target': target.name, 'usable_bytes': int(target.usable_gib * GIB),
+      'fits': plan.peak_estimate <= target.usable_gib * GIB}
+  return {**fit, 'mesh': plan.mesh, 'num_devices': plan.num_devices, 'num_params': plan.num_params,
           'state_bytes': plan.state_bytes, 'peak_estimate': plan.peak_estimate,
           'compiled': {name: dict(dataclasses.asdict(memory), peak_estimate=memory.peak_estimate)
                        for name, memory in plan.compiled.items()}}

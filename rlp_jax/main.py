@@ -19,7 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from rlp_jax.cli import config_from_flags, fail, flags_parser
-from rlp_jax.errors import UserInputError
+from rlp_jax.errors import ConfigError, UserInputError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'ml_collections config file (default: configs/tiny.py, shipped with rlp_jax; a '
@@ -43,6 +43,9 @@ _DRY_RUN = flags.DEFINE_bool('dry_run', False, 'Compile the step ahead of time f
 _DRY_RUN_DEVICES = flags.DEFINE_integer('dry_run_devices', None, 'Simulated devices for '
                                         '--dry_run (default: the mesh sizes multiplied, when none '
                                         'is -1).')
+_DRY_RUN_TARGET = flags.DEFINE_string('dry_run_target', None, 'With --dry_run: simulate this '
+                                      "machine's devices and say whether the step fits its "
+                                      'memory: 8xH100, v5p-64 or v6e-64 (rlp_jax/dry_run.py).')
 
 
 def main(argv: list[str]) -> None:
@@ -87,9 +90,17 @@ def _main(argv: list[str], stop) -> None:
 def _dry_run(config) -> None:
   """Simulates the devices (before the JAX backend starts), then plans the memory."""
   from rlp_jax import dry_run  # pylint: disable=import-outside-toplevel
-  num_devices = dry_run.simulated_device_count(config.mesh, _DRY_RUN_DEVICES.value)
+  target = None
+  if _DRY_RUN_TARGET.value:
+    target = dry_run.target_named(_DRY_RUN_TARGET.value)
+    if _DRY_RUN_DEVICES.value not in (None, target.devices):
+      raise ConfigError(f'--dry_run_devices={_DRY_RUN_DEVICES.value} contradicts '
+                        f'--dry_run_target={target.name} ({target.devices} devices)')
+    num_devices = target.devices
+  else:
+    num_devices = dry_run.simulated_device_count(config.mesh, _DRY_RUN_DEVICES.value)
   dry_run.simulate_cpu_devices(num_devices)
-  for line in dry_run.format_report(dry_run.plan_memory(config)):
+  for line in dry_run.format_report(dry_run.plan_memory(config), target):
     print(line)
 
 

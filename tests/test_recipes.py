@@ -1,5 +1,10 @@
 """The pod recipes of configs/ (`presets.pod_recipe`): the paper's objective, a mesh for their
 named target, a real corpus location, and a required base model."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 from rlp_jax.config import presets, validate_config
@@ -8,17 +13,17 @@ from rlp_jax.errors import ConfigError, DataError
 from rlp_jax.train.loop import train
 from tests import helpers
 
-# recipe → (devices of its named target, family)
-RECIPES = {'nano12b': (32, 'hybrid'), 'nano9b': (32, 'hybrid'), 'qwen3_1p7b': (8, 'dense'),
-           'qwen3_0p6b': (8, 'dense')}
+# recipe → (its named target, family, tensor-parallel size)
+RECIPES = {'nano12b': ('v5p-64', 'hybrid', 2), 'nano9b': ('v5p-64', 'hybrid', 2),
+           'qwen3_1p7b': ('8xH100', 'dense', 1), 'qwen3_0p6b': ('8xH100', 'dense', 1)}
 
 
 @pytest.mark.parametrize('name', sorted(RECIPES))
 def test_recipe_carries_the_paper_objective_its_target_mesh_and_a_real_corpus(name):
   config = helpers.load_config(name)
   validate_config(config)
-  devices, family = RECIPES[name]
-  assert config.model.family == family
+  _, family, tensor = RECIPES[name]
+  assert config.model.family == family and config.model.scan_layers
   rlp, opt = config.rlp, config.optimizer
   assert (rlp.thoughts_per_position, rlp.sample_temperature, rlp.ema_decay) == (16, 0.7, 0.999)
   assert (rlp.ntp_weight, rlp.kl_weight) == (0.0, 0.0)
@@ -26,10 +31,10 @@ def test_recipe_carries_the_paper_objective_its_target_mesh_and_a_real_corpus(na
   # The scaling rule of presets.pod_recipe: one 1024-token document per batch shard, K 1, T 128.
   assert (config.data.seq_len, rlp.positions_per_document, rlp.max_thought_tokens) == (
       presets.RECIPE_SEQ_LEN, 1, presets.RECIPE_THOUGHT_TOKENS)
+  # fsdp over the devices (tensor where needed), one document per batch shard: on any target.
   mesh = config.mesh
-  assert -1 not in (mesh.data, mesh.fsdp, mesh.tensor)
-  assert mesh.data * mesh.fsdp * mesh.tensor == devices
-  assert config.data.batch_size == mesh.data * mesh.fsdp
+  assert (mesh.data, mesh.fsdp, mesh.tensor) == (1, -1, tensor)
+  assert config.data.batch_size == -1
   assert config.data.corpus == 'local_text' and config.data.files == presets.RECIPE_DATA_FILES
   assert config.model.init_from == '' and not config.model.allow_random_init
   assert config.tokenizer.kind == 'hf_json' and config.tokenizer.path == ''
@@ -66,3 +71,23 @@ def test_an_hf_json_tokenizer_without_a_path_is_read_from_the_base_model(tmp_pat
   assert tokenizer.decode(tokenizer.encode('3 + 4 = 7')) == '3 + 4 = 7'
   with pytest.raises(ConfigError, match='tokenizer.path'):
     build_tokenizer(config.tokenizer, config.data, base_model='')
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_full_depth_dry_run_of_the_recipe_fits_the_smallest_target(name):
+  """`--dry_run --dry_run_target=8xH100` (8 devices, the smallest target) of the recipe as
+  shipped: every layer compiled (scanned), and the estimated peak per device under the usable
+  HBM. docs/scaling.md has every recipe on every target."""
+  result = subprocess.run(
+      [sys.executable, '-m', 'rlp_jax.main', f'--config={helpers.CONFIGS_DIR}/{name}.py',
+       '--dry_run', '--dry_run_target=8xH100'],
+      capture_output=True, text=True, timeout=900, cwd=helpers.REPO,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert result.returncode == 0, result.stdout + result.stderr
+  plan = json.loads(result.stdout.split('memory plan (json): ')[1])
+  assert plan['target'] == '8xH100' and plan['num_devices'] == 8
+  assert set(plan['compiled']) == {'rollout', 'update'}
+  assert plan['fits'], result.stdout
+  assert '8xH100: fits: peak' in result.stdout

@@ -57,7 +57,8 @@ KEYS: tuple[Key, ...] = (
         "`local_text` (a .txt file is one document, a .jsonl line is one)"),
     Key('data.text_field', 'text', 'the jsonl field holding the document text'),
     Key('data.seq_len', 96, 'tokens per document row (truncated / padded)', bounds=at_least(2)),
-    Key('data.batch_size', 8, 'documents per step', bounds=POSITIVE),
+    Key('data.batch_size', 8, 'documents per step (−1: one per batch shard, i.e. the product of '
+        'the mesh axes the `batch` rule names, data × fsdp by default)', bounds=MESH_SIZE),
 
     Key('tokenizer.kind', 'sentencepiece', '`sentencepiece` (trained on the corpus, or a .model '
         'at `path`) or `hf_json` (a Hugging Face tokenizer.json at `path`)',

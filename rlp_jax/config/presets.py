@@ -116,8 +116,8 @@ def pod_recipe(config: ml_collections.ConfigDict, *, mesh: dict[str, int],
                batch_size: int) -> ml_collections.ConfigDict:
   """Makes `config` (a model preset on `base_config()`) a recipe for a pod; returns it.
 
-  The paper's objective (`paper_rlp`), the scaled sizes above, `mesh` and `batch_size` (one
-  document per batch shard of the named target), the corpus at RECIPE_DATA_FILES, and a required
+  The paper's objective (`paper_rlp`), the scaled sizes above, `mesh` and `batch_size` (−1: one
+  document per batch shard, whatever the device count), the corpus at RECIPE_DATA_FILES, and a required
   base model: `model.init_from` must be given (`model.allow_random_init=False`; a run without it
   stops with one line). The tokenizer is the base model's tokenizer.json (`tokenizer.path=''`).
   """
@@ -135,35 +135,36 @@ def pod_recipe(config: ml_collections.ConfigDict, *, mesh: dict[str, int],
 
 
 def qwen3_rlp(size: str) -> ml_collections.ConfigDict:
-  """Qwen3-<size>(-Base) continued with RLP: the recipe for 8×H100 (80 GB).
+  """Qwen3-<size>(-Base) continued with RLP: the recipe for 8×H100 (80 GB), which also fits a TPU
+  v5p-64 or v6e-64 unchanged.
 
-  `pod_recipe` with mesh data=8 (the state, 25.6 GiB for 1.7b, fits each device; one document per
-  device, batch 8): docs/scaling.md measures ≈ 47 GiB per device for 1.7b. Give the base model:
+  `pod_recipe` with θ, φ and the optimizer state sharded over every device (mesh fsdp=−1) and one
+  document per device (`data.batch_size=-1`); docs/scaling.md has the dry run of each target.
+  Give the base model:
 
     python -m rlp_jax.main --config=configs/qwen3_1p7b.py --workdir=DIR \\
         --config.model.init_from=/path/to/Qwen3-1.7B-Base
 
   `model.init_from` may also be an rlp_jax checkpoint directory (then set `tokenizer.path` to the
   base model's tokenizer.json). The tokenizer has no bos token, so documents are framed
-  `<|endoftext|> … <|endoftext|>`. On a v5p-64 (32 devices) use `--config.mesh.data=32
-  --config.data.batch_size=32`.
+  `<|endoftext|> … <|endoftext|>`.
   """
   config = base_config()
   config.model.update(qwen3(size))
-  return pod_recipe(config, mesh=dict(data=8, fsdp=1, tensor=1), batch_size=8)
+  return pod_recipe(config, mesh=dict(data=1, fsdp=-1, tensor=1), batch_size=-1)
 
 
 def nemotron_h_rlp(size: str) -> ml_collections.ConfigDict:
-  """NVIDIA Nemotron-Nano-<size>-v2(-Base) continued with RLP: the recipe for a TPU v5p-64.
+  """NVIDIA Nemotron-Nano-<size>-v2(-Base) continued with RLP: the recipe for a TPU v5p-64, which
+  also fits 8×H100 and a v6e-64 unchanged.
 
-  `pod_recipe` with mesh data=1, fsdp=16, tensor=2 over the 32 chips (the 12B state, 183.5 GiB,
-  needs at least 4-way sharding), one document per fsdp shard (batch 16): docs/scaling.md
-  measures ≈ 53 GiB of 95 per device for 12b. On 8×H100 use `--config.mesh.fsdp=4
-  --config.mesh.tensor=2 --config.data.batch_size=4` (≈ 71 GiB of 73 usable). Give the base:
+  `pod_recipe` with tensor=2 (heads, MLP and vocabulary split in two) and fsdp over the other
+  devices (fsdp=−1: 16 on a v5p-64, 4 on 8×H100), one document per batch shard
+  (`data.batch_size=-1`); docs/scaling.md has the dry run of each target. Give the base:
 
     python -m rlp_jax.main --config=configs/nano12b.py --workdir=DIR \\
         --config.model.init_from=/path/to/NVIDIA-Nemotron-Nano-12B-v2-Base
   """
   config = base_config()
   config.model.update(nemotron_h(size))
-  return pod_recipe(config, mesh=dict(data=1, fsdp=16, tensor=2), batch_size=16)
+  return pod_recipe(config, mesh=dict(data=1, fsdp=-1, tensor=2), batch_size=-1)

@@ -59,7 +59,9 @@ class Evaluator:
     self.config, self.tokenizer = config, tokenizer
     ev, rlp, data = config.eval, config.rlp, config.data
     self.progress_bar = progress_bar
-    self.rows = DocumentBatches(validation_documents, tokenizer, data.batch_size, data.seq_len,
+    # data.batch_size −1 (one document per batch shard of a run's mesh): one per device here.
+    self.batch_size = data.batch_size if data.batch_size > 0 else jax.device_count()
+    self.rows = DocumentBatches(validation_documents, tokenizer, self.batch_size, data.seq_len,
                                 seed=ev.seed)
     count = _limited(min(ev.num_documents, len(validation_documents)), limit)
     self.documents = list(range(count))
@@ -95,7 +97,7 @@ class Evaluator:
   def _batches(self, indices: Sequence[int]) -> list[dict[str, np.ndarray]]:
     """Rows of validation documents `indices`, `data.batch_size` per batch (last one padded
     with empty rows, which carry no tokens and no positions)."""
-    size, length = self.config.data.batch_size, self.config.data.seq_len
+    size, length = self.batch_size, self.config.data.seq_len
     batches = []
     for start in range(0, len(indices), size):
       rows = [self.rows.document_tokens(index) for index in indices[start:start + size]]
@@ -154,7 +156,7 @@ class Evaluator:
     """Batches (tokens, mask, positions [B, 1], rows) of the corpus problems read plainly
     (`prompt answer.`) and with their worked thought (`prompt <think> steps </think>answer.`),
     in alternate rows, with the position of the answer's first token."""
-    tok, size = self.tokenizer, self.config.data.batch_size
+    tok, size = self.tokenizer, self.batch_size
     pairs = []
     for p in self.sources['corpus']:
       prompt = render_prompt(p.question) + ' '

@@ -97,7 +97,7 @@ def load_hf_params_in_layout(path: str, model_config: Any, shardings: Params | N
   unrolled = to_layout(targets, other_layout(plan))
   params = hf_checkpoint.load_hf_params(path, registry.with_layout(model_config, False),
                                         _shardings(unrolled))
-  return relayout_arrays(params, plan, _shardings(targets))
+  return relayout_arrays(params, plan, targets)
 
 
 def _step_dirs(directory: str) -> list[int]:
@@ -131,7 +131,7 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
     raise DataError(f'{checkpoint_dir} holds no finished checkpoint'
                     + (f' of step {step} (steps: {steps})' if step is not None else ''))
   try:
-    stored_scanned = tree_is_scanned(_stored_tree(manager, step))
+    stored_scanned = tree_is_scanned(_stored_tree(checkpoint_dir, step))
   except Exception:  # pylint: disable=broad-exception-caught  # the restore below reports it
     stored_scanned = None
   relayout = stored_scanned is not None and stored_scanned != plan.scanned
@@ -150,11 +150,13 @@ def restore_checkpoint_params(checkpoint_dir: str, model_config: Any,
     manager.close()
   params = restored['params']
   if relayout:  # saved with the other `model.scan_layers`: into this model's layer layout
-    params = relayout_arrays(params, plan, _shardings(targets))
+    params = relayout_arrays(params, plan, targets)
   return params, step
 
 
-def _stored_tree(manager: ocp.CheckpointManager, step: int) -> Any:
-  """The stored state's tree (metadata only) of `step`."""
-  metadata = manager.item_metadata(step)
-  return getattr(metadata, 'tree', metadata)
+def _stored_tree(checkpoint_dir: str, step: int) -> Any:
+  """The stored state's tree (metadata only) of `step` (its own handler: asking the manager for
+  item metadata changes how it restores afterwards)."""
+  step_dir = paths.as_path(checkpoint_dir) / str(step)
+  item = step_dir / 'default' if (step_dir / 'default').exists() else step_dir
+  return ocp.StandardCheckpointHandler().metadata(item).tree

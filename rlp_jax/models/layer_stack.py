@@ -323,7 +323,12 @@ def tree_is_scanned(tree: Any) -> bool | None:
   return found[0] if found else None
 
 
-def relayout_arrays(tree: Any, plan: LayerPlan, shardings: Any) -> Any:
-  """`to_layout(tree, plan)` of arrays, computed by one jit straight into `shardings` (the
-  target tree's); the input's buffers are donated."""
-  return jax.jit(lambda t: to_layout(t, plan), out_shardings=shardings, donate_argnums=0)(tree)
+def relayout_arrays(tree: Any, plan: LayerPlan, targets: Any) -> Any:
+  """`to_layout(tree, plan)` of arrays, computed by one jit straight into the shardings of
+  `targets` (the result's jax.ShapeDtypeStructs; XLA's choice where they carry none). Nothing is
+  donated (no output has an input's shape), so θ is held twice while it runs."""
+  leaves = jax.tree.leaves(targets)
+  if leaves and all(getattr(leaf, 'sharding', None) is not None for leaf in leaves):
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, targets)
+    return jax.jit(lambda t: to_layout(t, plan), out_shardings=shardings)(tree)
+  return jax.jit(lambda t: to_layout(t, plan))(tree)

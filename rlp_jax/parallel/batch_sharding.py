@@ -23,8 +23,18 @@ def batch_sharding(mesh: Mesh, rules, ndim: int = 2) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(spec, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh: Mesh, rules) -> int:
+  """How many pieces the batch is split into: the product of the mesh axes of the `batch` rule."""
+  return int(np.prod([mesh.shape[a] for a in rules_table(rules).get('batch', ())]))
+
+
+def resolve_batch_size(batch_size: int, mesh: Mesh, rules) -> int:
+  """`data.batch_size`, with −1 meaning one document per batch shard (`batch_shards`)."""
+  return batch_shards(mesh, rules) if batch_size == -1 else batch_size
+
+
 def check_batch_divides(batch_size: int, mesh: Mesh, rules) -> None:
-  split = int(np.prod([mesh.shape[a] for a in rules_table(rules).get('batch', ())]))
+  split = batch_shards(mesh, rules)
   if batch_size % split:
     raise ConfigError(f'config key `data.batch_size` ({batch_size}) must be a multiple of the '
                       f'mesh axes that shard the batch ({split} devices)')

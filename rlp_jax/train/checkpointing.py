@@ -265,7 +265,8 @@ class Checkpointer:
             ) -> tuple[Any, bool, dict | None, str | None, Any]:
     """(restore target, whether the step predates `nonfinite_steps`, the record's contents or
     None for a step without one, how the stored tree differs from `abstract_state` or None, and
-    the configured shardings when the step is in the other layer layout, else None)."""
+    the configured state's shapes and shardings when the step is in the other layer layout,
+    else None)."""
     step_dir = self._step_path(step)
     metadata = self._state_handler.metadata(step_dir / STATE_ITEM)
     custom = getattr(metadata, 'custom_metadata', None) or {}
@@ -282,7 +283,7 @@ class Checkpointer:
     stored_scanned = None if layout is None else tree_is_scanned(metadata.tree)
     if stored_scanned is not None and stored_scanned != layout.scanned:
       abstract_state = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-      relayout = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+      relayout = abstract_state
       abstract_state = to_layout(abstract_state, other_layout(layout))
     stored = {leaf_name(path): _shape_dtype(leaf)
               for path, leaf in jax.tree_util.tree_leaves_with_path(metadata.tree)}

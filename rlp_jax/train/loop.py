@@ -31,7 +31,7 @@ from rlp_jax.models import registry
 from rlp_jax.parallel.distributed import describe_process, is_primary_process, say
 from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.parallel.batch_sharding import (batch_sharding, check_batch_divides, process_rows,
-                                             put_batch, replicated)
+                                             put_batch, replicated, resolve_batch_size)
 from rlp_jax.train import signal_points
 from rlp_jax.train.state_sharding import create_sharded_state
 from rlp_jax.train.stop_request import StopRequest
@@ -130,6 +130,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ConfigError(f'config key `model.vocab_size` ({config.model.vocab_size}) is smaller than '
                       f'the tokenizer vocabulary ({tokenizer.vocab_size})')
+  mesh = make_mesh(config.mesh)
+  config.data.batch_size = resolve_batch_size(config.data.batch_size, mesh, config.mesh.rules)
   batches = DocumentBatches(documents, tokenizer, config.data.batch_size, config.data.seq_len,
                             seed=config.seed)
   check_documents(batches, getattr(documents, 'description', 'the configured corpus'),
@@ -139,7 +141,6 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   num_steps = config.train.num_steps
   use_rlp = config.rlp.enabled
   updates_per_batch = config.rlp.updates_per_rollout if use_rlp else 1
-  mesh = make_mesh(config.mesh)
   check_batch_divides(config.data.batch_size, mesh, config.mesh.rules)
   graphdef, abstract_params = registry.abstract_params(config.model)
   # What the checkpoints depend on (config, model shape, tokenizer, data): saved with each step,

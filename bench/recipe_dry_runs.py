@@ -24,16 +24,20 @@ TARGETS = ('8xH100', 'v5p-64', 'v6e-64')
 GIB = 2**30
 
 
-def dry_run(recipe: str, target: str, scanned: bool) -> dict:
+def dry_run(recipe: str, target: str, scanned: bool, timeout: float) -> dict:
   """One dry run in a fresh process: its JSON plan plus its wall seconds."""
   command = [sys.executable, '-m', 'rlp_jax.main', f'--config={REPO}/configs/{recipe}.py',
              '--dry_run', f'--dry_run_target={target}', f'--config.model.scan_layers={scanned}']
   start = time.perf_counter()
-  result = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  try:
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                            env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  except subprocess.TimeoutExpired:
+    return {'error': f'not compiled within {timeout:.0f} s (killed)', 'wall_seconds': timeout}
   wall = time.perf_counter() - start
-  if result.returncode != 0:
-    return {'error': (result.stderr.strip().splitlines() or ['?'])[-1], 'wall_seconds': wall}
+  if result.returncode != 0 or 'memory plan (json): ' not in result.stdout:
+    last = (result.stderr.strip() or result.stdout.strip() or '?').splitlines()[-1]
+    return {'error': last, 'wall_seconds': wall}
   plan = json.loads(result.stdout.split('memory plan (json): ')[1])
   plan['wall_seconds'] = wall
   return plan
@@ -59,6 +63,7 @@ def main() -> None:
   parser.add_argument('--only', default=','.join(RECIPES), help='recipes, comma-separated')
   parser.add_argument('--targets', default=','.join(TARGETS), help='targets, comma-separated')
   parser.add_argument('--layouts', default='scanned', help='scanned and/or unrolled')
+  parser.add_argument('--timeout', type=float, default=1800, help='seconds per dry run')
   args = parser.parse_args()
   print('| recipe | target | layers | mesh | θ+φ+opt GiB | rollout temp GiB | update temp GiB '
         '| peak ≈ GiB of usable | compile s (rollout + update) | wall s |')
@@ -66,7 +71,7 @@ def main() -> None:
   for recipe in args.only.split(','):
     for target in args.targets.split(','):
       for layout in args.layouts.split(','):
-        plan = dry_run(recipe, target, layout == 'scanned')
+        plan = dry_run(recipe, target, layout == 'scanned', args.timeout)
         print(row(recipe, target, layout, plan), flush=True)
 
 

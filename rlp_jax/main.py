@@ -73,6 +73,7 @@ def _main(argv: list[str], stop) -> None:
   try:
     validate_config(config)
     if _DRY_RUN.value:
+      stop.nothing_to_save = 'dry run'  # no step boundary to stop at: a signal exits at once
       _dry_run(config)
       return
     from rlp_jax.parallel import distributed  # pylint: disable=import-outside-toplevel

@@ -31,3 +31,18 @@ def small_config(shared_data_dir):
   config.train.checkpoint_every = 4
   config.train.progress_bar = False
   return config
+
+
+def pytest_addoption(parser):
+  parser.addoption('--pod', action='store_true',
+                   help='also run the full-depth dry runs of the pod recipes (marker `pod`; '
+                        'about 20 minutes on 2 CPU cores, so the CI run leaves them out)')
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption('--pod'):
+    return
+  skip = pytest.mark.skip(reason='a full-depth recipe dry run: run with --pod')
+  for item in items:
+    if 'pod' in item.keywords:
+      item.add_marker(skip)

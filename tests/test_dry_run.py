@@ -4,8 +4,10 @@ import json
 import math
 import os
 import resource
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import pytest
@@ -77,3 +79,36 @@ def test_dry_run_device_count():
   mesh.data = -1
   with pytest.raises(ConfigError, match='--dry_run_devices'):
     simulated_device_count(mesh, None)
+
+
+def test_dry_run_target_names_its_devices_and_says_whether_it_fits():
+  from rlp_jax import dry_run as planning
+  assert {name: t.devices for name, t in planning.TARGETS.items()} == {
+      '8xH100': 8, 'v5p-64': 32, 'v6e-64': 64}
+  with pytest.raises(ConfigError, match='--dry_run_target must be one of'):
+    planning.target_named('v4-8')
+  step = planning.CompiledMemory(arguments=6 * 2**30, outputs=6 * 2**30, aliased=6 * 2**30,
+                                 temporaries=4 * 2**30, code=0, compile_seconds=1.0)
+  plan = planning.MemoryPlan(mesh={'data': 8}, num_devices=8, num_params=1,
+                             state_bytes={'params': 6 * 2**30}, compiled={'update': step})
+  small = planning.Target('small', 8, 5.0, 'a test machine')
+  large = planning.Target('large', 8, 50.0, 'a test machine')
+  assert planning.fit_line(plan, small).startswith('small: does NOT fit: peak ≈ 10.00 GiB of 5.0')
+  assert planning.fit_line(plan, large).startswith('large: fits: peak ≈ 10.00 GiB of 50.0')
+  assert planning.plan_as_dict(plan, small)['fits'] is False
+
+
+@pytest.mark.subprocess
+def test_a_signal_ends_a_dry_run_at_once_with_one_line():
+  """A dry run has no step to stop at: SIGTERM exits at once (status 0) instead of compiling on."""
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'rlp_jax.main', '--config=configs/tiny.py', '--dry_run',
+       '--dry_run_target=8xH100', '--config.model.num_layers=64'], cwd=REPO,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+  time.sleep(8)  # inside the imports or the compile
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=30)
+  assert process.returncode == 0, output
+  assert 'SIGTERM: dry run stopped; nothing to save' in output
+  assert 'Traceback' not in output

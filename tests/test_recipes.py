@@ -73,13 +73,15 @@ def test_an_hf_json_tokenizer_without_a_path_is_read_from_the_base_model(tmp_pat
     build_tokenizer(config.tokenizer, config.data, base_model='')
 
 
+@pytest.mark.pod
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize('name', sorted(RECIPES))
 def test_full_depth_dry_run_of_the_recipe_fits_the_smallest_target(name):
   """`--dry_run --dry_run_target=8xH100` (8 devices, the smallest target) of the recipe as
   shipped: every layer compiled (scanned), and the estimated peak per device under the usable
-  HBM. docs/scaling.md has every recipe on every target."""
+  HBM. docs/scaling.md has every recipe on every target. 1–10 minutes each on 2 CPU cores: run
+  with `python -m pytest tests/test_recipes.py --pod` (the CI run skips them)."""
   result = subprocess.run(
       [sys.executable, '-m', 'rlp_jax.main', f'--config={helpers.CONFIGS_DIR}/{name}.py',
        '--dry_run', '--dry_run_target=8xH100'],

@@ -54,7 +54,8 @@ KEYS: tuple[Key, ...] = (
     Key('data.worked_fraction', WORKED_FRACTION, 'share of embedded-corpus documents that show '
         'worked `<think>` steps (0: answer-only)', bounds=NON_NEGATIVE),
     Key('data.files', '', "comma-separated .txt / .jsonl paths or globs for corpus "
-        "`local_text` (a .txt file is one document, a .jsonl line is one)"),
+        "`local_text` (a .txt file is one document, a .jsonl line is one); local or URLs "
+        '(gs://…; no `**` in a URL)'),
     Key('data.text_field', 'text', 'the jsonl field holding the document text'),
     Key('data.seq_len', 96, 'tokens per document row (truncated / padded)', bounds=at_least(2)),
     Key('data.batch_size', 8, 'documents per step (−1: one per batch shard, i.e. the product of '
@@ -72,7 +73,7 @@ KEYS: tuple[Key, ...] = (
     Key('model.family', 'dense', '`dense` (Qwen3) or `hybrid` (Nemotron-H: Mamba2 + attention + '
         'MLP)', choices=FAMILIES),
     Key('model.init_from', '', "'' random init; a Hugging Face model dir or an rlp_jax "
-        'checkpoint dir'),
+        'checkpoint dir (local or a URL such as gs://…; either layer layout)'),
     Key('model.allow_random_init', True, 'train from random weights when `model.init_from` is '
         "''; the recipes that continue a pretrained base set False, so that a run without "
         '`init_from` stops at start-up with one line'),

@@ -7,8 +7,9 @@ decode caches, a document pass's keys and Mamba states):
                                           layer, so compile time grows with depth;
   scanned    blocks[s][j].*  [n_s, ...]   the layer kinds (dense: 'D' per layer; hybrid:
                                           `model.layer_pattern`) cut into segments, each a unit
-                                          of kinds repeated n_s times (Nemotron-H 12B: 'M-M-M-M*-'
-                                          × 6, then 'M-' × 4); unit position j of segment s holds
+                                          of kinds repeated n_s times, tracing the fewest layers
+                                          (Nemotron-H 12B: 'M-M-M-M*-' × 6, then 'M-' × 4; Qwen3:
+                                          'D' × 28); unit position j of segment s holds
                                           its n_s layers' parameters stacked on a leading
                                           'layers' axis, and the segment runs as one scan whose
                                           body is the unit, so the program holds each unit once.
@@ -53,31 +54,22 @@ def leading_repeats(kinds: str, start: int, period: int) -> int:
 
 
 def scan_segments(kinds: str) -> tuple[Segment, ...]:
-  """The layer kinds cut into (unit, repetitions) segments, greedily from the first layer: at
-  each place the unit whose back-to-back repetitions (at least two) cover the most layers
-  (ties: the shorter unit); layers no unit repeats over are gathered into one segment of
-  repetition 1. Concatenating unit × repetitions gives back `kinds`."""
-  segments: list[Segment] = []
-  loose = ''
-  start = 0
-  while start < len(kinds):
-    best_period, best_repeats = 0, 0
-    for period in range(1, (len(kinds) - start) // 2 + 1):
-      repeats = leading_repeats(kinds, start, period)
-      if repeats >= 2 and period * repeats > best_period * best_repeats:
-        best_period, best_repeats = period, repeats
-    if best_repeats < 2:
-      loose += kinds[start]
-      start += 1
-      continue
-    if loose:
-      segments.append((loose, 1))
-      loose = ''
-    segments.append((kinds[start:start + best_period], best_repeats))
-    start += best_period * best_repeats
-  if loose:
-    segments.append((loose, 1))
-  return tuple(segments)
+  """The layer kinds cut into (unit, repetitions) segments whose concatenation is `kinds`, with
+  the fewest layers traced: the smallest sum over segments of len(unit) + 1 (each segment is one
+  scan, so its unit is traced once; the 1 keeps neighbouring runs together). Exact, by dynamic
+  programming over the cut points (ties: the first found, shorter units and fewer repeats first).
+  """
+  length = len(kinds)
+  best: list[tuple[int, tuple[Segment, ...]]] = [(0, ())] * (length + 1)
+  for start in range(length - 1, -1, -1):
+    choice = None
+    for period in range(1, length - start + 1):
+      for repeats in range(1, leading_repeats(kinds, start, period) + 1):
+        cost, rest = best[start + period * repeats]
+        if choice is None or cost + period + 1 < choice[0]:
+          choice = (cost + period + 1, ((kinds[start:start + period], repeats),) + rest)
+    best[start] = choice
+  return best[0][1]
 
 
 @dataclasses.dataclass(frozen=True)

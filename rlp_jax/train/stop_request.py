@@ -80,6 +80,8 @@ class StopRequest:
     self.save_in_flight: Callable[[], bool] = lambda: False
     self.wait_for_saves: Callable[[], None] = lambda: None
     self._say = say
+    # Set by a command with nothing to save (`--dry_run`): the first signal exits at once.
+    self.nothing_to_save: str | None = None
     self._lock = threading.RLock()
     self._in_save_call = False
     self._exit_after_save = False
@@ -168,6 +170,10 @@ class StopRequest:
     with self._lock:
       self.count += 1
       name = signal.Signals(signum).name
+      if self.count == 1 and self.nothing_to_save:
+        self.signum = signum
+        self._say(f'{name}: {self.nothing_to_save} stopped; nothing to save')
+        os._exit(self.exit_status)  # pylint: disable=protected-access
       if self.count == 1:
         self.signum = signum
         self._say(f'{name}: stopping at the end of this step with a checkpoint '

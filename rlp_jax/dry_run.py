@@ -160,7 +160,8 @@ def abstract_batch(config: Any, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
   documents = batch_sharding(mesh, config.mesh.rules)
   shape = (config.data.batch_size, config.data.seq_len)
   return {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
-          'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents)}
+          'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents),
+          'segment_ids': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents)}
 
 
 def abstract_state(config: ml_collections.ConfigDict, tx, mesh) -> tuple[TrainState, TrainState]:

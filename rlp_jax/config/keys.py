@@ -17,6 +17,7 @@ from rlp_jax.config.declaration import (FRACTION, MESH_SIZE, NON_NEGATIVE, POSIT
                                         at_least)
 from rlp_jax.data.corpora import CORPORA
 from rlp_jax.data.reasoning_corpus import WORKED_FRACTION
+from rlp_jax.data.source_spec import BAD_RECORD_POLICIES
 from rlp_jax.data.tokenizer import TOKENIZER_KINDS
 from rlp_jax.models.layers import DTYPES, REMAT_POLICIES
 from rlp_jax.models.registry import FAMILIES
@@ -27,6 +28,7 @@ from rlp_jax.rollout.prefix_strategies import PREFIX_STRATEGIES
 # Choices no implementation table holds (the code reading the key tests these names).
 OPTIMIZER_SCHEDULES = ('cosine', 'constant')
 TRUNCATED_THOUGHTS = ('keep', 'no_gradient')
+PROCESS_COUNT_CHANGE = ('error', 'restart')
 
 # Section name → one-line doc ('' holds the top-level keys). The order is base_config()'s.
 SECTIONS = {
@@ -57,7 +59,27 @@ KEYS: tuple[Key, ...] = (
         "`local_text` (a .txt file is one document, a .jsonl line is one); local or URLs "
         '(gs://…; no `**` in a URL)'),
     Key('data.text_field', 'text', 'the jsonl field holding the document text'),
-    Key('data.seq_len', 96, 'tokens per document row (truncated / padded)', bounds=at_least(2)),
+    Key('data.seq_len', 96, 'tokens per row (a longer document is split into windows, shorter '
+        'rows are padded or packed)', bounds=at_least(2)),
+    Key('data.sources', '', "the training mixture, `KIND(ARGS)@WEIGHT; ...` with KIND "
+        '`embedded`, `files(GLOBS, field=text)` (.txt/.jsonl[.gz|.zst]/.parquet, local or gs://) '
+        "or `tfds(NAME, split=train, data_dir=DIR)` (docs/data.md); '' → `data.corpus`"),
+    Key('data.window_stride', 0, 'a document longer than data.seq_len is split into windows '
+        "starting every this many tokens (0: data.seq_len, windows that do not overlap)",
+        bounds=NON_NEGATIVE),
+    Key('data.packing', False, 'pack several documents (windows) per row with segment ids; '
+        'attention, the Mamba scan and RLP positions stay inside each document'),
+    Key('data.workers', 0, 'data loader worker processes (Grain mp_prefetch; 0: the pipeline '
+        'runs in one background thread)', bounds=NON_NEGATIVE),
+    Key('data.prefetch', 4, 'batches kept ready ahead of the training step (0: none)',
+        bounds=NON_NEGATIVE),
+    Key('data.tokenize_chunk', 256, 'records tokenized per batched encode call',
+        bounds=POSITIVE),
+    Key('data.on_bad_record', 'error', '`error`: stop with one line naming the file and line; '
+        '`skip`: skip it, counted in the metric data/bad_records', choices=BAD_RECORD_POLICIES),
+    Key('data.on_process_count_change', 'error', 'resuming with another number of processes, '
+        "whose readers split the data differently: `error`, or `restart` the data order (seeded "
+        'by seed and step; records may repeat)', choices=PROCESS_COUNT_CHANGE),
     Key('data.batch_size', 8, 'documents per step (−1: one per batch shard, i.e. the product of '
         'the mesh axes the `batch` rule names, data × fsdp by default)', bounds=MESH_SIZE),
 

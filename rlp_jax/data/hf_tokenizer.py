@@ -145,6 +145,10 @@ class HFJsonTokenizer:
   def encode(self, text: str) -> list[int]:
     return self._tokenizer.encode(text, add_special_tokens=False).ids
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` of each text in one call (the tokenizers library's parallel batch encoder)."""
+    return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
   def decode(self, ids: Sequence[int]) -> str:
     kept = [int(i) for i in ids if int(i) not in self._dropped]
     return self._tokenizer.decode(kept, skip_special_tokens=False)

@@ -54,6 +54,9 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without bos/eos."""
 
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` of each text in one call (the data loader's workers tokenize in chunks)."""
+
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`; think ids render as <think> / </think>, pad/bos/eos are dropped."""
 
@@ -111,6 +114,17 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text, out_type=int)
+
+  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+    """`encode` of each text in one call (sentencepiece's batch encoder, in C++)."""
+    return self._sp.encode(list(texts), out_type=int)
+
+  def __getstate__(self) -> dict:
+    """Pickled as the model's bytes (the data loader's worker processes rebuild it)."""
+    return {'model_path': self.model_path, 'proto': self._sp.serialized_model_proto()}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__init__(state['model_path'], model_proto=state['proto'])
 
   def decode(self, ids: Sequence[int]) -> str:
     return self._sp.decode([int(i) for i in ids if int(i) not in self._dropped])

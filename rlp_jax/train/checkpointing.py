@@ -1,9 +1,11 @@
 """Orbax checkpoints of the whole train state: periodic, keep-N, verified on restore.
 
-Each step directory holds two orbax items: `default`, the train state (StandardSave; the name
-keeps the directory readable by a plain `CheckpointManager(...).restore(step)` and by
-`interop/checkpoint_init.py`), and `record`, a small JSON file with the checksum of every array
-that was saved (train/state_checksum.py) and the caller's run record (config, tokenizer, data).
+Each step directory holds up to three orbax items: `default`, the train state (StandardSave; the
+name keeps the directory readable by a plain `CheckpointManager(...).restore(step)` and by
+`interop/checkpoint_init.py`), `record`, a small JSON file with the checksum of every array
+that was saved (train/state_checksum.py) and the caller's run record (config, tokenizer, data),
+and `data`, the data loader's iterator state, one JSON file per process
+(`process_<i>-of-<n>.json`, written by Grain's orbax handler; data/loader.py).
 
 `restore_latest` tries the newest step first. A step whose tree (structure, shapes, dtypes) does
 not fit the configured state is an error (the model changed: CheckpointError, the step is left as
@@ -38,6 +40,7 @@ from rlp_jax.train.state_checksum import first_difference, leaf_name, state_chec
 
 STATE_ITEM = 'default'  # orbax's name for a single item: plain readers find the state here
 RECORD_ITEM = 'record'
+DATA_ITEM = 'data'  # the data iterator's state, one file per process (grain's handler)
 RECORD_VERSION = 1
 DAMAGED_DIR = 'damaged'
 _MARKER = {'rlp_jax_record': RECORD_VERSION}  # the state item's custom metadata: a record exists
@@ -92,6 +95,18 @@ def _first_reason(outcomes: list[tuple[int, str]]) -> str:
   return ''
 
 
+class _DataStateSnapshot:
+  """The data iterator's state when the save was requested, for Grain's orbax handler (which
+  calls `get_state()`; orbax may run it after the loop has moved on). JSON bytes, as Grain's
+  DataLoader iterators give."""
+
+  def __init__(self, state: dict):
+    self._state = json.dumps(state, indent=1).encode()
+
+  def get_state(self) -> bytes:
+    return self._state
+
+
 class _Damaged(Exception):
   """A step that cannot be restored as written (the message is the one-line reason)."""
 
@@ -100,12 +115,15 @@ class Checkpointer:
   """Saves the train state every `every` steps under `directory`, keeping the newest `keep`."""
 
   def __init__(self, directory: str, every: int, keep: int):
+    # Grain's orbax handler for the data item (imported here: grain is only needed to train).
+    from grain import checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
     self.directory = paths.resolve_str(directory, 'checkpoint directory')  # local or a URL
     self.every = every
     self._manager = ocp.CheckpointManager(
         paths.as_path(self.directory),
         item_handlers={STATE_ITEM: ocp.StandardCheckpointHandler(),
-                       RECORD_ITEM: ocp.JsonCheckpointHandler()},
+                       RECORD_ITEM: ocp.JsonCheckpointHandler(),
+                       DATA_ITEM: grain_checkpoint.CheckpointHandler()},
         # cleanup_tmp_directories: a save killed half-way leaves `<step>.orbax-checkpoint-tmp-*`
         # behind; it is removed when the next run opens the directory.
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -131,11 +149,12 @@ class Checkpointer:
   # Saving.
 
   def maybe_save(self, step: int, state: Any, force: bool = False,
-                 record: dict | None = None) -> bool:
+                 record: dict | None = None, data_state: dict | None = None) -> bool:
     """Saves when `step` is a multiple of `every` (or when forced); returns whether it saved.
 
     `record` (JSON-serialisable) is stored next to the state with the checksums of its arrays;
-    `restore_latest` returns it."""
+    `restore_latest` returns it. `data_state`, this process's data iterator state (JSON), is
+    stored as this process's file of the `data` item (`restore_data_state` reads it back)."""
     if not force and step % self.every:
       return False
     if step in self._manager.all_steps():
@@ -147,9 +166,32 @@ class Checkpointer:
     except (TypeError, ValueError) as error:
       raise TypeError(f'Checkpointer.maybe_save: `record` is not JSON-serialisable ({error})'
                       ) from error
-    return self._manager.save(step, args=ocp.args.Composite(**{
-        STATE_ITEM: ocp.args.StandardSave(state, custom_metadata=dict(_MARKER)),
-        RECORD_ITEM: ocp.args.JsonSave(contents)}), force=True)
+    items = {STATE_ITEM: ocp.args.StandardSave(state, custom_metadata=dict(_MARKER)),
+             RECORD_ITEM: ocp.args.JsonSave(contents)}
+    if data_state is not None:
+      from grain import checkpoint as grain_checkpoint  # pylint: disable=import-outside-toplevel
+      items[DATA_ITEM] = grain_checkpoint.CheckpointSave(_DataStateSnapshot(data_state))
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore_data_state(self, step: int) -> tuple[dict | None, str]:
+    """(this process's data iterator state saved with `step`, '') or (None, why there is none):
+    the step has no data item (written before it existed), or none for this number of processes
+    (the job had another; the reason names both counts)."""
+    directory = paths.as_path(paths.join(self.directory, str(step), DATA_ITEM))
+    index, count = jax.process_index(), jax.process_count()
+    if not directory.is_dir():
+      return None, f'checkpoint {step} holds no data loader state (written by an older rlp_jax)'
+    path = directory / f'process_{index}-of-{count}.json'
+    if not path.exists():
+      counts = sorted({name.name.rsplit('-of-', 1)[-1].removesuffix('.json')
+                       for name in directory.glob('process_*-of-*.json')})
+      return None, (f'checkpoint {step} holds the data loader state of {" or ".join(counts)} '
+                    f'processes and this job has {count}')
+    try:
+      return json.loads(path.read_text()), ''
+    except Exception as error:  # pylint: disable=broad-exception-caught  # any backend's error
+      return None, f'the data loader state {path} is unreadable ({_first_line(error)})'
+
 
   # -------------------------------------------------------------------------------------------
   # Restoring.

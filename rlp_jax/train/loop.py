@@ -25,6 +25,8 @@ from rlp_jax.config import validate_config
 from rlp_jax.data.batches import DocumentBatches
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.data.corpora import load_documents
+from rlp_jax.data.loader import (DataIterator, build_pipeline, training_corpus,
+                                 training_fingerprint_items)
 from rlp_jax.errors import ConfigError, NonFiniteError
 from rlp_jax.interop.checkpoint_init import load_init_params
 from rlp_jax.models import registry
@@ -125,17 +127,18 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
                 stop: StopRequest, checkpointer: Checkpointer) -> TrainResult:
   """The run itself, once the checkpointer exists (`_train` closes it, waiting for saves)."""
   documents, tokenizer = _process_zero_first(lambda: (
-      load_documents(config.data),
+      training_corpus(config.data),
       build_tokenizer(config.tokenizer, config.data, base_model=config.model.init_from)))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise ConfigError(f'config key `model.vocab_size` ({config.model.vocab_size}) is smaller than '
                       f'the tokenizer vocabulary ({tokenizer.vocab_size})')
   mesh = make_mesh(config.mesh)
   config.data.batch_size = resolve_batch_size(config.data.batch_size, mesh, config.mesh.rules)
-  batches = DocumentBatches(documents, tokenizer, config.data.batch_size, config.data.seq_len,
-                            seed=config.seed)
-  check_documents(batches, getattr(documents, 'description', 'the configured corpus'),
-                  config.rlp.enabled, config.rlp.min_context)  # before anything compiles
+  if documents is not None:  # the embedded corpus: checked before anything compiles
+    check_documents(DocumentBatches(documents, tokenizer, config.data.batch_size,
+                                    config.data.seq_len, seed=config.seed),
+                    getattr(documents, 'description', 'the configured corpus'),
+                    config.rlp.enabled, config.rlp.min_context)
   _stop_before_training(stop, checkpointer)
 
   num_steps = config.train.num_steps
@@ -145,7 +148,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   graphdef, abstract_params = registry.abstract_params(config.model)
   # What the checkpoints depend on (config, model shape, tokenizer, data): saved with each step,
   # compared on resume (train/run_identity.py).
-  identity = run_identity(config, tokenizer, documents, params=abstract_params)
+  identity = run_identity(config, tokenizer, training_fingerprint_items(config.data, documents),
+                          params=abstract_params)
   tx, schedule = make_optimizer(config.optimizer, num_steps * updates_per_batch)
   state, state_sharding = create_sharded_state(config.model, tx, config.seed, use_rlp, mesh,
                                                config.mesh.rules)
@@ -176,9 +180,10 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
     say(f'starting from {weights_source}')
   else:
     say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
+  data = _data_iterator(config, tokenizer, len(local_rows), checkpointer,
+                        first_step if restored is not None else None)
   writer = MetricsWriter(workdir, resume_step=first_step, enabled=is_primary_process())
-  say(f'{registry.count_params(config.model):,} parameters; {len(documents):,} documents; '
-       f'writing to {workdir}')
+  say(f'{registry.count_params(config.model):,} parameters; writing to {workdir}')
 
   flops_n = non_embedding_params(config.model)  # for the `step_flops` metric (train/flops.py)
   if use_rlp:
@@ -193,7 +198,6 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   evaluator = _make_evaluator(config, graphdef, tokenizer)
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
-  position = int(state.data_position)
   step = first_step
   progress = tqdm(total=num_steps, initial=first_step, desc='train', unit='step',
                   disable=not (config.train.progress_bar and is_primary_process()),
@@ -205,10 +209,11 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       if stop.requested_everywhere():  # a signal: stop at this boundary (all processes agree)
         stopped = True
         break
-      batch = put_batch(batches.batch(position, rows=local_rows), documents_sharding,
-                        config.data.batch_size)
+      local_batch, data_stats = data.next_batch()
+      batch = put_batch(local_batch, documents_sharding, config.data.batch_size)
       state, metrics = train_step(state, batch)
-      step, position = step + 1, position + 1
+      metrics.update(data_stats)
+      step += 1
       history.append(metrics)
       nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0
       diverged = nonfinite_in_a_row >= config.train.max_nonfinite_steps
@@ -228,17 +233,18 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       # always the last finite state.
       with stop.saving():
         if checkpointer.maybe_save(step, state, force=step == last_step or diverged,
-                                   record=identity):
+                                   record=identity, data_state=data.get_state()):
           signal_points.reached('during_save', step)
       signal_points.reached('after_save_check', step)
     if stopped and step > first_step:
       with stop.saving():
         checkpointer.maybe_save(step, state, force=True,  # unless this step was just saved
-                                record=identity)
+                                record=identity, data_state=data.get_state())
       checkpointer.wait_until_finished()
   finally:
     progress.close()
     writer.close()
+    data.close()
 
   if diverged:
     raise NonFiniteError(
@@ -259,6 +265,45 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
                      tensorboard_dir=writer.tensorboard_dir,
                      checkpoint_dir=checkpointer.directory, first_step=first_step)
+
+
+def _data_iterator(config: ml_collections.ConfigDict, tokenizer: Any, local_rows: int,
+                   checkpointer: Checkpointer, resumed_step: int | None) -> DataIterator:
+  """This process's data iterator, at the record where checkpoint `resumed_step` left it.
+
+  A checkpoint without this process's iterator state (another number of processes, or written
+  before the state was saved) or with the state of another pipeline (the data config changed)
+  either stops the run with one line or, with `data.on_process_count_change='restart'` (or
+  `train.allow_data_change`), starts a fresh data order seeded by (seed, step)."""
+  def build(seed):
+    return DataIterator(build_pipeline(config.data, tokenizer, seed=seed,
+                                       process_index=jax.process_index(),
+                                       process_count=jax.process_count(), local_rows=local_rows))
+  data = build(config.seed)
+  for line in data.pipeline.descriptions:
+    say(f'data: {line}')
+  if resumed_step is None:
+    return data
+  saved, reason = checkpointer.restore_data_state(resumed_step)
+  if saved is not None and saved.get('key') != data.pipeline.state_key:
+    saved, reason = None, (f'checkpoint {resumed_step} holds the data loader state of another '
+                           'data pipeline (the data.* config changed)')
+  if saved is not None:
+    data.set_state(saved)
+    return data
+  changed_count = 'processes and this job has' in reason
+  allowed = (config.data.on_process_count_change == 'restart' if changed_count
+             else config.train.allow_data_change or 'older rlp_jax' in reason)
+  if not allowed:
+    key = ('--config.data.on_process_count_change=restart' if changed_count
+           else '--config.train.allow_data_change=True')
+    data.close()
+    raise ConfigError(f'{reason}: the run cannot continue at the record where it stopped; '
+                      f'{key} continues with a fresh data order (records may repeat)')
+  data.close()
+  say(f'warning: {reason}; the data order restarts, seeded by seed {config.seed} and step '
+      f'{resumed_step}')
+  return build(int(np.random.SeedSequence([config.seed, resumed_step]).generate_state(1)[0]))
 
 
 def _make_evaluator(config: ml_collections.ConfigDict, graphdef: Any, tokenizer: Any):

@@ -202,7 +202,7 @@ def train_until_error(monkeypatch, tmp_path, documents, workdir=None, before_com
                       **rlp):
   """train() on `documents` (a fake corpus and tokenizer); returns the error it raised, after
   checking that nothing was traced or compiled before it (unless `before_compile` is False)."""
-  monkeypatch.setattr(loop, 'load_documents', lambda data, split='train': documents)
+  monkeypatch.setattr(loop, 'training_corpus', lambda data: documents)
   monkeypatch.setattr(loop, 'build_tokenizer', lambda *args, **kwargs: CharTokenizer())
   config = base_config()
   config.data.batch_size = 4

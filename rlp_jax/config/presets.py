@@ -124,8 +124,9 @@ def pod_recipe(config: ml_collections.ConfigDict, *, mesh: dict[str, int],
   paper_rlp(config)
   config.model.update(dict(init_from='', allow_random_init=False))
   config.tokenizer.update(dict(kind='hf_json', path='', vocab_size=config.model.vocab_size))
+  # Streamed from the shards in place (docs/data.md); 4 loader worker processes per host.
   config.data.update(dict(corpus='local_text', files=RECIPE_DATA_FILES, data_dir=RECIPE_DATA_DIR,
-                          seq_len=RECIPE_SEQ_LEN, batch_size=batch_size))
+                          seq_len=RECIPE_SEQ_LEN, batch_size=batch_size, workers=4))
   config.rlp.update(dict(positions_per_document=1, max_thought_tokens=RECIPE_THOUGHT_TOKENS,
                          min_context=128))
   config.mesh.update(mesh)

@@ -295,8 +295,15 @@ class DataIterator:
 def training_corpus(data_config: Any) -> Sequence[str] | None:
   """The embedded corpus's train documents when a source reads them (built under the data dir on
   first use: call on process 0 first), else None: file and TFDS sources are streamed, never
-  converted."""
-  if not any(spec.kind == 'embedded' for spec in configured_sources(data_config)):
+  converted. Every `files` source's globs are listed here, so that a missing corpus is the first
+  thing a run reports (one line naming the key the user set: data.sources, or the older
+  data.files)."""
+  from rlp_jax.data.record_readers import list_shards  # pylint: disable=import-outside-toplevel
+  specs = configured_sources(data_config)
+  for spec in specs:
+    if spec.kind == 'files':
+      list_shards(spec.target, 'data.sources' if data_config.sources else 'data.files')
+  if not any(spec.kind == 'embedded' for spec in specs):
     return None
   from rlp_jax.data.corpora import load_documents  # pylint: disable=import-outside-toplevel
   from rlp_jax.data.source_datasets import embedded_config  # pylint: disable=import-outside-toplevel

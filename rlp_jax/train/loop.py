@@ -209,10 +209,11 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       if stop.requested_everywhere():  # a signal: stop at this boundary (all processes agree)
         stopped = True
         break
-      local_batch, data_stats = data.next_batch()
+      started = time.perf_counter()
+      local_batch, data_stats = data.next_batch()  # `data_wait_s`: how long this waited
       batch = put_batch(local_batch, documents_sharding, config.data.batch_size)
       state, metrics = train_step(state, batch)
-      metrics.update(data_stats)
+      metrics.update(data_stats, step_s=time.perf_counter() - started)
       step += 1
       history.append(metrics)
       nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0

@@ -1,7 +1,9 @@
 """Tokenizers: the protocol the rest of rlp_jax uses, and its SentencePiece implementation.
 
 Every tokenizer has single ids for `<think>` and `</think>` (the thought delimiters of RLP) and
-explicit pad/bos/eos ids. `build_tokenizer` loads a model file, or trains one on the configured
+explicit pad/bos/eos ids. Both implementations also have `encode_batch(texts)`, which the data
+loader's workers call on chunks of documents (data/loader.py falls back to `encode` per text for a
+tokenizer without it), and pickle (the workers are separate processes). `build_tokenizer` loads a model file, or trains one on the configured
 corpus at first use and caches it under `<data_dir>/tokenizers/`.
 """
 
@@ -53,9 +55,6 @@ class Tokenizer(Protocol):
 
   def encode(self, text: str) -> list[int]:
     """Token ids of `text`, without bos/eos."""
-
-  def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-    """`encode` of each text in one call (the data loader's workers tokenize in chunks)."""
 
   def decode(self, ids: Sequence[int]) -> str:
     """Text of `ids`; think ids render as <think> / </think>, pad/bos/eos are dropped."""

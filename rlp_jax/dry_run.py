@@ -159,9 +159,11 @@ def abstract_batch(config: Any, mesh: Any) -> dict[str, jax.ShapeDtypeStruct]:
   """The batch a step receives, as sharded ShapeDtypeStructs (nothing allocated)."""
   documents = batch_sharding(mesh, config.mesh.rules)
   shape = (config.data.batch_size, config.data.seq_len)
-  return {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
-          'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents),
-          'segment_ids': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents)}
+  batch = {'tokens': jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents),
+           'mask': jax.ShapeDtypeStruct(shape, jnp.bool_, sharding=documents)}
+  if config.data.packing:  # packed rows carry segment ids (data/loader.py)
+    batch['segment_ids'] = jax.ShapeDtypeStruct(shape, jnp.int32, sharding=documents)
+  return batch
 
 
 def abstract_state(config: ml_collections.ConfigDict, tx, mesh) -> tuple[TrainState, TrainState]:

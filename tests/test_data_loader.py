@@ -66,10 +66,15 @@ def take(iterator, count):
   return out
 
 
+def segment_ids(batch):
+  """The batch's segment ids; an unpacked batch has none: one document per row, the mask."""
+  return batch.get('segment_ids', batch['mask'].astype(np.int32))
+
+
 def segments(batch):
   """Every (row, segment) of a batch as token lists, in order."""
   found = []
-  for tokens, ids in zip(batch['tokens'], batch['segment_ids']):
+  for tokens, ids in zip(batch['tokens'], segment_ids(batch)):
     for segment in range(1, int(ids.max()) + 1):
       found.append(tokens[ids == segment].tolist())
   return found
@@ -107,10 +112,10 @@ def test_one_epoch_of_rows_holds_every_document_once_split_into_windows(tmp_path
   while len(found) < len(expected):
     batch, _ = data.next_batch()
     assert batch['tokens'].shape == batch['mask'].shape == (4, SEQ_LEN)
-    assert batch['segment_ids'].dtype == np.int32
-    np.testing.assert_array_equal(batch['mask'], batch['segment_ids'] > 0)
+    assert ('segment_ids' in batch) == packing
+    np.testing.assert_array_equal(batch['mask'], segment_ids(batch) > 0)
     assert (batch['tokens'][~batch['mask']] == tokenizer.pad_id).all()
-    for ids in batch['segment_ids']:  # segments are numbered 1.. left to right, padding last
+    for ids in segment_ids(batch):  # segments are numbered 1.. left to right, padding last
       starts = ids[np.r_[True, ids[1:] != ids[:-1]]]
       nonzero = starts[starts > 0]
       assert nonzero.tolist() == list(range(1, len(nonzero) + 1))
@@ -194,7 +199,8 @@ def test_skipped_records_are_counted_in_the_batch_stats(tmp_path):
 def assert_same_batches(first, second):
   assert len(first) == len(second)
   for (a, _), (b, _) in zip(first, second):
-    for key in ('tokens', 'mask', 'segment_ids'):
+    assert sorted(a) == sorted(b)
+    for key in a:
       np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 

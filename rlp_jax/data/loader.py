@@ -10,7 +10,7 @@ data.sources ─ each source: records {'text', 'bad_records'}, shuffled by seed,
    │                                     windows of data.seq_len every data.window_stride tokens
    ├─ data.packing: first-fit packing of windows into rows, with segment ids
    │  else:        one window per row, right-padded
-   ├─ batch of this process's rows      {'tokens', 'mask', 'segment_ids'} + per-batch counts
+   ├─ batch of this process's rows      {'tokens', 'mask'} (+ 'segment_ids' when packed) + counts
    ├─ data.workers > 0: worker processes (mp_prefetch), each reading a disjoint part of the
    │  shards / records
    └─ a background thread keeps data.prefetch batches ready (ThreadPrefetchIterDataset)
@@ -23,8 +23,8 @@ and the same number of processes and workers; `data_state_key` names what it dep
 
 A row is `[bos] + tokens + [eos]` of a document, or a window of one: a document longer than
 `data.seq_len` is split into windows starting every `data.window_stride` tokens (the last one
-reaching the end), so nothing is thrown away. `segment_ids` numbers the documents of a row from 1
-(0 on padding); without packing it is the mask. Positions restart at each document start and
+reaching the end), so nothing is thrown away. Packed rows carry `segment_ids`, numbering the
+documents of a row from 1 (0 on padding); unpacked rows hold one document each and carry none. Positions restart at each document start and
 attention, the Mamba scan and RLP's scored positions stay inside one document (docs/models.md,
 "Packed rows").
 """
@@ -139,18 +139,24 @@ class PackedRow:
 
 
 class FinishBatch:
-  """Stacked rows → {'tokens', 'mask', 'segment_ids'} and the batch's counts: documents (or
-  windows) drawn per source, `source_counts` int64[S], and records skipped, `bad_records`."""
+  """Stacked rows → {'tokens', 'mask'} (+ 'segment_ids' when packed) and the batch's counts:
+  documents (or windows) drawn per source, `source_counts` int64[S], and records skipped,
+  `bad_records`. Unpacked rows carry no segment ids: one document per row is what the models do
+  without them, on the code path (and with the numbers) they had before packing existed."""
 
-  def __init__(self, num_sources: int):
+  def __init__(self, num_sources: int, packed: bool):
     self._num_sources = num_sources
+    self._packed = packed
 
   def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     segment_ids = batch['segment_ids']
     sources = batch['doc_source'][batch['doc_source'] > 0] - 1
-    return {'tokens': batch['tokens'], 'mask': segment_ids > 0, 'segment_ids': segment_ids,
-            'source_counts': np.bincount(sources, minlength=self._num_sources).astype(np.int64),
-            'bad_records': np.asarray(batch['bad_records'].sum(), np.int64)}
+    out = {'tokens': batch['tokens'], 'mask': segment_ids > 0,
+           'source_counts': np.bincount(sources, minlength=self._num_sources).astype(np.int64),
+           'bad_records': np.asarray(batch['bad_records'].sum(), np.int64)}
+    if self._packed:
+      out['segment_ids'] = segment_ids
+    return out
 
 
 def _with_source(index: int):
@@ -222,17 +228,38 @@ def build_pipeline(data_config: Any, tokenizer: Any, *, seed: int, process_index
     dataset = dataset.map(PackedRow(rows))
   else:
     dataset = dataset.map(PadRow(rows))
-  dataset = dataset.batch(local_rows, drop_remainder=True).map(FinishBatch(len(specs)))
+  dataset = dataset.batch(local_rows, drop_remainder=True).map(
+      FinishBatch(len(specs), bool(data_config.packing)))
   if data_config.workers > 0:
     _default_flags_if_unparsed()
     dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=data_config.workers, per_worker_buffer_size=max(1, data_config.prefetch)))
+        num_workers=data_config.workers, per_worker_buffer_size=max(1, data_config.prefetch)),
+        worker_init_fn=die_with_parent)
   if data_config.prefetch > 0:
     dataset = grain.experimental.ThreadPrefetchIterDataset(
         dataset, prefetch_buffer_size=data_config.prefetch)
   return DataPipeline(dataset, names, weights,
                       data_state_key(data_config, seed, process_count, local_rows),
                       tuple(descriptions))
+
+
+def die_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker start-up: the worker exits within a second of the training process's death,
+  however it dies. Without this a `kill -9` of the trainer (an out-of-memory kill, a scheduler's)
+  leaves the workers running, holding their memory, forever (seen with Grain 0.2.18). A daemon
+  thread watches the parent pid (prctl's PR_SET_PDEATHSIG would fire when the *thread* that
+  started the worker ends, which in Grain is not the process's end)."""
+  del worker_index, worker_count
+  import os  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+  parent = os.getppid()
+
+  def watch() -> None:
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(1)  # pylint: disable=protected-access  # reparented: the trainer is gone
+
+  threading.Thread(target=watch, name='rlp_jax-parent-watch', daemon=True).start()
 
 
 def _default_flags_if_unparsed() -> None:

@@ -76,9 +76,11 @@ class Decoder(nnx.Module):
     return layer_plan(cls.layer_kinds(config), bool(config.get('scan_layers', False)))
 
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
-                 cache: Any | None) -> tuple[jax.Array, Any | None]:
+                 cache: Any | None, segment_ids: jax.Array | None = None,
+                 ) -> tuple[jax.Array, Any | None]:
     """Embedded tokens x [B, L, E] through every layer: (residual stream, updated cache or None).
-    Without a cache the layers follow `self.remat`."""
+    Without a cache the layers follow `self.remat`; `segment_ids` (packed rows, segments.py)
+    keeps every document to itself."""
     raise NotImplementedError
 
   def logits(self, hidden: jax.Array) -> jax.Array:
@@ -93,16 +95,25 @@ class Decoder(nnx.Module):
 
   def __call__(self, tokens: jax.Array, positions: jax.Array,
                token_mask: jax.Array | None = None, cache: Any | None = None,
-               ) -> tuple[jax.Array, Any | None]:
-    """tokens/positions int32 [B, L], token_mask bool [B, L] (None: all real)."""
-    x, cache = self.residual_stream(tokens, positions, token_mask, cache)
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, Any | None]:
+    """tokens/positions int32 [B, L], token_mask bool [B, L] (None: all real), segment_ids
+    int32 [B, L] (None: one document per row; see `residual_stream`)."""
+    x, cache = self.residual_stream(tokens, positions, token_mask, cache, segment_ids)
     return self.output_logits(x), cache
 
   def residual_stream(self, tokens: jax.Array, positions: jax.Array,
                       token_mask: jax.Array | None = None, cache: Any | None = None,
-                      ) -> tuple[jax.Array, Any | None]:
+                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, Any | None]:
     """The residual stream after the last layer [B, L, E] (before the final norm) and the
-    updated cache (None without one). Without a cache the layers follow `model.remat`."""
+    updated cache (None without one). Without a cache the layers follow `model.remat`.
+
+    `segment_ids` int32 [B, L] (packed rows: 0 padding, 1, 2, … per document; segments.py):
+    attention stays inside a segment and Mamba2 states restart at each document start; the
+    caller gives positions that restart there too (`segments.positions_in_segment`). Only
+    without a cache: a decode row holds one prompt."""
     if token_mask is None:
       token_mask = jnp.ones(tokens.shape, jnp.bool_)
-    return self.run_layers(self.token_embedding(tokens), positions, token_mask, cache)
+    if segment_ids is not None and cache is not None:
+      raise ValueError('segment_ids (packed rows) apply to a forward without a decode cache')
+    return self.run_layers(self.token_embedding(tokens), positions, token_mask, cache,
+                           segment_ids)

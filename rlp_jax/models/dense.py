@@ -64,11 +64,12 @@ class DenseDecoder(Decoder):
     return 'D' * int(config.num_layers)
 
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
-                 cache: KVCache | None) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None, segment_ids: jax.Array | None = None,
+                 ) -> tuple[jax.Array, KVCache | None]:
     cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
     if cache is None:
       x, _ = run_stack(self, self.plan, x, _plain_layer, None, (cos, sin, causal_attention_mask(
-          token_mask)), self.remat)
+          token_mask, segment_ids)), self.remat)
       return x, None
     valid = write_columns(cache.valid, token_mask, cache.index)
     mask = cached_attention_mask(valid, cache.index, x.shape[1])

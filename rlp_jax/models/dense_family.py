@@ -59,14 +59,17 @@ def _document_layer(layer: Any, x: jax.Array, value: None, cos: jax.Array, sin: 
 
 def dense_document_kv(model: DenseDecoder, tokens: jax.Array, positions: jax.Array,
                       mask: jax.Array, state_positions: jax.Array | None = None,
-                      ) -> tuple[jax.Array, DocumentKV]:
+                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], every layer's keys and
-  values). `state_positions` is ignored (every column's keys are kept)."""
+  values). `state_positions` is ignored (every column's keys are kept). With `segment_ids`
+  (packed rows) attention stays in each document and the DocumentKV keeps the ids, so each
+  thought sees its own document only; `positions` then restart per document."""
   del state_positions
   cos, sin = rope_cos_sin(positions, model.head_dim, model.rope_theta)
   x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_layer, None,
-                      (cos, sin, causal_attention_mask(mask)), model.remat)
-  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_))
+                      (cos, sin, causal_attention_mask(mask, segment_ids)), model.remat)
+  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_),
+                                            segment_ids=segment_ids)
 
 
 def _thought_layer(layer: Any, x: jax.Array, value: Any, cos: jax.Array, sin: jax.Array,

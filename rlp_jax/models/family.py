@@ -45,8 +45,9 @@ class ModelFamily:
   decoder: the module class (a decoder.Decoder), built as `decoder(model_config, rngs)`; its
       `__call__(tokens, positions, token_mask, cache)` returns (fp32 logits, new cache or None).
   init_cache(model_config, batch_size, max_len): the empty decode cache `forward` takes.
-  document_kv(model, tokens, positions, mask, state_positions): one pass over documents →
-      (fp32 logits [B, L, V], prefix_attention.DocumentKV); `model` is the merged decoder.
+  document_kv(model, tokens, positions, mask, state_positions, segment_ids): one pass over
+      documents → (fp32 logits [B, L, V], prefix_attention.DocumentKV); `model` is the merged
+      decoder; segment_ids int32 [B, L] of packed rows or None (models/segments.py).
   thought_forward(model, doc_kv, prefix_len, thought_tokens, thought_positions, thought_mask,
       self_cache): thoughts [B, N, Tq] over the document → (fp32 logits [B, N, Tq, V], new cache).
   empty_thought_cache(model_config, doc_kv, thoughts_per_document, max_len): the thoughts' own

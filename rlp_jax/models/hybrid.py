@@ -11,6 +11,8 @@ Parameter tree: decoder.py's, with (mixer parameters: mamba2.py, attention.py, l
   layers[i].norm.scale [norm]
   layers[i].mixer.*                          (Mamba2Mixer | Attention | SquaredReLUMLP)
 Positions are accepted and ignored: nothing in the model is position-dependent except causality.
+Packed rows (`segment_ids`, segments.py): attention masked to the query's segment, each Mamba2
+layer's state and conv window restarted at every document start.
 """
 
 from __future__ import annotations
@@ -55,12 +57,14 @@ class HybridBlock(nnx.Module):
 
   def __call__(self, x: jax.Array, token_mask: jax.Array, attention_mask: jax.Array,
                state: LayerState = None, write_index: jax.Array | None = None,
-               ) -> tuple[jax.Array, LayerState]:
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, LayerState]:
     """The layer's output and its updated state: (keys, values) for attention (the cache buffers
-    when `state` holds them), a MambaState for Mamba2 with a cache, otherwise None."""
+    when `state` holds them), a MambaState for Mamba2 with a cache, otherwise None.
+    `segment_ids` (packed rows, no cache) restart the Mamba2 state at each document start; the
+    attention mask already keeps documents apart."""
     normed = self.norm(x)
     if self.kind == 'M':
-      out, state = self.mixer(normed, token_mask, state)
+      out, state = self.mixer(normed, token_mask, state, segment_ids)
     elif self.kind == '*':
       out, state = self.mixer(normed, None, None, attention_mask, state, write_index)
     else:
@@ -82,23 +86,25 @@ class HybridDecoder(Decoder):
     return str(config.layer_pattern)
 
   def run_layers(self, x: jax.Array, positions: jax.Array, token_mask: jax.Array,
-                 cache: HybridCache | None) -> tuple[jax.Array, HybridCache | None]:
+                 cache: HybridCache | None, segment_ids: jax.Array | None = None,
+                 ) -> tuple[jax.Array, HybridCache | None]:
     del positions  # nothing in the model depends on positions except causality
     if cache is None:
       x, _ = run_stack(self, self.plan, x, _block, None,
-                       (token_mask, causal_attention_mask(token_mask), None), self.remat)
+                       (token_mask, causal_attention_mask(token_mask, segment_ids), None,
+                        segment_ids), self.remat)
       return x, None
     valid = write_columns(cache.valid, token_mask, cache.index)
     attention_mask = cached_attention_mask(valid, cache.index, x.shape[1])
     x, layers = run_stack(self, self.plan, x, _block, cache.layers,
-                          (token_mask, attention_mask, cache.index), 'none')
+                          (token_mask, attention_mask, cache.index, None), 'none')
     return x, HybridCache(layers=layers, valid=valid, index=cache.index + x.shape[1])
 
 
 def _block(layer: HybridBlock, x: jax.Array, state: LayerState, token_mask: jax.Array,
            attention_mask: jax.Array, write_index: jax.Array | None,
-           ) -> tuple[jax.Array, LayerState]:
+           segment_ids: jax.Array | None) -> tuple[jax.Array, LayerState]:
   """One layer with its cache value (None without a cache): (x, its new value; None for MLP and
   without a cache)."""
-  x, new_state = layer(x, token_mask, attention_mask, state, write_index)
+  x, new_state = layer(x, token_mask, attention_mask, state, write_index, segment_ids)
   return x, (None if state is None else new_state)

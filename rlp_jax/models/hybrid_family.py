@@ -69,14 +69,14 @@ def init_hybrid_cache(model_config: Any, batch_size: int, max_len: int) -> Hybri
 
 def _document_block(layer: Any, x: jax.Array, value: None, mask: jax.Array,
                     attention_mask: jax.Array, state_positions: jax.Array,
-                    ) -> tuple[jax.Array, Any]:
+                    segment_ids: jax.Array | None) -> tuple[jax.Array, Any]:
   """One block over the documents: (x + mixer(norm(x)), what the thoughts need from it: the
   Mamba states at the positions, the attention keys/values, or None)."""
   del value
   normed = layer.norm(x)
   kept = None
   if layer.kind == 'M':
-    out, kept = layer.mixer.document_scan(normed, mask, state_positions)
+    out, kept = layer.mixer.document_scan(normed, mask, state_positions, segment_ids)
   elif layer.kind == '*':
     out, kept = layer.mixer(normed, None, None, attention_mask)
   else:
@@ -111,17 +111,20 @@ def _thought_block(layer: Any, x: jax.Array, value: Any, row_mask: jax.Array,
 
 def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, state_positions: jax.Array | None,
-                       ) -> tuple[jax.Array, DocumentKV]:
+                       segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], DocumentKV with Mamba
   states at the K positions `state_positions` int32 [B, K] (each ≥ 1: after x_0 … x_{t-1}));
-  positions are ignored."""
+  positions are ignored. With `segment_ids` (packed rows) attention and the Mamba2 scans stay in
+  each document, so the states at t hold t's document prefix alone."""
   del positions
   if state_positions is None:
     raise ValueError('document_kv of a hybrid model needs state_positions [B, K]: the scored '
                      'positions whose Mamba states the thoughts start from')
   x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_block, None,
-                      (mask, causal_attention_mask(mask), state_positions), model.remat)
-  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_))
+                      (mask, causal_attention_mask(mask, segment_ids), state_positions,
+                       segment_ids), model.remat)
+  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_),
+                                            segment_ids=segment_ids)
 
 
 def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,

@@ -68,8 +68,13 @@ def cached_attention_mask(valid: jax.Array, index: jax.Array, num_new: int) -> j
   return valid[:, None, :] & causal[None, :, :]
 
 
-def causal_attention_mask(token_mask: jax.Array) -> jax.Array:
-  """bool [B, L, L] without a cache: query l sees key s iff s <= l and token_mask[s]."""
+def causal_attention_mask(token_mask: jax.Array, segment_ids: jax.Array | None = None,
+                          ) -> jax.Array:
+  """bool [B, L, L] without a cache: query l sees key s iff s <= l and token_mask[s], and with
+  `segment_ids` [B, L] (packed rows, models/segments.py) only when both are in one segment."""
   length = token_mask.shape[1]
   causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-  return causal[None, :, :] & token_mask[:, None, :]
+  mask = causal[None, :, :] & token_mask[:, None, :]
+  if segment_ids is None:
+    return mask
+  return mask & (segment_ids[:, :, None] == segment_ids[:, None, :])

@@ -22,6 +22,10 @@ Masked tokens (token_mask False) get zero conv inputs, zero x/B/C after the conv
 they leave the SSM state untouched; a one-token step also keeps the conv window of a masked row.
 Within an L > 1 call the conv window still slides over masked tokens (as zeros), so there only
 leading masked tokens (left padding, from a fresh state) are exact no-ops.
+
+Packed rows (`segment_ids`, models/segments.py; no cache): the conv takes no tap from another
+segment and the SSD scan zeroes the state at each document start (its log-decay there is −inf),
+so every document runs as it would alone from a fresh state.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from flax import nnx
 from rlp_jax.models.hybrid_cache import MambaState
 from rlp_jax.models.layers import (RESIDUAL_AXES, LogicalAxes, Projection, logical_param,
                                    normal_param)
+from rlp_jax.models.segments import segment_at, segment_resets
 from rlp_jax.models.ssd import ssd_chunked_scan, ssd_step
 from rlp_jax.parallel.activation_sharding import constrain
 
@@ -43,6 +48,11 @@ from rlp_jax.parallel.activation_sharding import constrain
 _HEAD_STREAM_AXES = ('batch', 'length', 'activation_mamba_heads', 'mamba_head_dim')  # [B,L,H,P]
 _GROUP_STREAM_AXES = ('batch', 'length', 'activation_mamba_groups', 'ssm_state')  # [B,L,G,N]
 _STEP_SIZE_AXES = ('batch', 'length', 'activation_mamba_heads')  # [B, L, H]
+
+
+def _resets(segment_ids: jax.Array | None) -> jax.Array | None:
+  """Where the SSD scan zeroes its state: each document start of a packed row (None: nowhere)."""
+  return None if segment_ids is None else segment_resets(segment_ids)
 
 
 class CausalConv(nnx.Module):
@@ -57,15 +67,28 @@ class CausalConv(nnx.Module):
                                ('conv_kernel',) + tuple(channel_axes))
     self.bias = logical_param(jnp.zeros(channels, param_dtype), channel_axes)
 
-  def __call__(self, inputs: jax.Array, window: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, inputs: jax.Array, window: jax.Array, segment_ids: jax.Array | None = None,
+               ) -> tuple[jax.Array, jax.Array]:
     """inputs [B, L, *channels], window [B, K-1, *channels] (previous inputs, oldest first) →
-    (silu(conv + bias) [B, L, *channels] in fp32, the new window: the last K-1 inputs)."""
+    (silu(conv + bias) [B, L, *channels] in fp32, the new window: the last K-1 inputs).
+
+    With `segment_ids` [B, L] (packed rows) a tap from an input of another segment is left out,
+    so a document's first K-1 outputs see only zeros before it, as at the start of a row (the
+    window counts as the first token's segment)."""
     kernel_size, length = self.kernel.shape[0], inputs.shape[1]
     padded = jnp.concatenate([window.astype(inputs.dtype), inputs], axis=1).astype(jnp.float32)
     kernel = self.kernel[...].astype(jnp.float32)
     out = self.bias[...].astype(jnp.float32)
+    if segment_ids is not None:
+      first = jnp.broadcast_to(segment_ids[:, :1], (segment_ids.shape[0], kernel_size - 1))
+      padded_segments = jnp.concatenate([first, segment_ids], axis=1)
+      channel_axes = (None,) * (inputs.ndim - 2)
     for k in range(kernel_size):
-      out = out + kernel[k] * padded[:, k:k + length]
+      taken = padded[:, k:k + length]  # the inputs K-1-k tokens back
+      if segment_ids is not None and k < kernel_size - 1:  # zero those of another segment
+        same = padded_segments[:, k:k + length] == segment_ids
+        taken = jnp.where(same[(...,) + channel_axes], taken, 0.0)
+      out = out + kernel[k] * taken
     new_window = padded[:, padded.shape[1] - (kernel_size - 1):].astype(window.dtype)
     return jax.nn.silu(out), new_window
 
@@ -129,8 +152,8 @@ class Mamba2Mixer(nnx.Module):
     return tuple(jnp.zeros((batch, window) + conv.bias.shape, x.dtype)
                  for conv in (self.conv_x, self.conv_b, self.conv_c))
 
-  def _streams(self, x: jax.Array, token_mask: jax.Array,
-               windows: tuple[jax.Array, ...]) -> tuple[list, list, list]:
+  def _streams(self, x: jax.Array, token_mask: jax.Array, windows: tuple[jax.Array, ...],
+               segment_ids: jax.Array | None = None) -> tuple[list, list, list]:
     """Masked conv inputs, fp32 conv outputs (x, B, C streams) and the new conv windows."""
     keep = token_mask[:, :, None, None]
     inputs, streams, new_windows = [], [], []
@@ -138,7 +161,7 @@ class Mamba2Mixer(nnx.Module):
         (self.x_proj, self.b_proj, self.c_proj), (self.conv_x, self.conv_b, self.conv_c), windows,
         (_HEAD_STREAM_AXES, _GROUP_STREAM_AXES, _GROUP_STREAM_AXES)):
       conv_input = constrain(jnp.where(keep, proj(x), 0), axes)
-      convolved, new_window = conv(conv_input, window)
+      convolved, new_window = conv(conv_input, window, segment_ids)
       inputs.append(conv_input)
       streams.append(jnp.where(keep, convolved, 0.0))
       new_windows.append(new_window)
@@ -158,15 +181,18 @@ class Mamba2Mixer(nnx.Module):
     return constrain(self.out_proj(self.norm(y, z)), RESIDUAL_AXES)
 
   def __call__(self, x: jax.Array, token_mask: jax.Array, state: MambaState | None = None,
-               ) -> tuple[jax.Array, MambaState | None]:
-    """x [B, L, E], token_mask bool [B, L], state: the layer's cache entry (None: no cache).
+               segment_ids: jax.Array | None = None) -> tuple[jax.Array, MambaState | None]:
+    """x [B, L, E], token_mask bool [B, L], state: the layer's cache entry (None: no cache),
+    segment_ids int32 [B, L] (packed rows, without a state only): restart at each document.
 
     With a state, L == 1 takes one recurrent step and L > 1 runs the chunked scan from it.
     Returns the output [B, L, E] and the new state (None without a cache).
     """
+    if segment_ids is not None and state is not None:
+      raise ValueError('segment_ids (packed rows) apply to a Mamba2 forward without a cache')
     windows = self._empty_windows(x) if state is None else (state.conv_x, state.conv_b,
                                                             state.conv_c)
-    _, (xs, bs, cs), new_windows = self._streams(x, token_mask, windows)
+    _, (xs, bs, cs), new_windows = self._streams(x, token_mask, windows, segment_ids)
     dt, a = self._step_sizes(x, token_mask)
     if state is not None and x.shape[1] == 1:
       y, ssm = ssd_step(state.ssm, xs[:, 0], dt[:, 0], a, bs[:, 0], cs[:, 0])
@@ -175,7 +201,8 @@ class Mamba2Mixer(nnx.Module):
       new_windows = [jnp.where(keep_row, new, old) for new, old in zip(new_windows, windows)]
     else:
       y, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size,
-                                None if state is None else state.ssm)
+                                None if state is None else state.ssm,
+                                resets=_resets(segment_ids))
     out = self._output(y, xs, x)
     if state is None:
       return out, None
@@ -183,22 +210,38 @@ class Mamba2Mixer(nnx.Module):
                            ssm=ssm)
 
   def document_scan(self, x: jax.Array, token_mask: jax.Array, state_ends: jax.Array,
-                    ) -> tuple[jax.Array, MambaState]:
+                    segment_ids: jax.Array | None = None) -> tuple[jax.Array, MambaState]:
     """The no-cache forward over documents [B, L, E] plus the layer's state after the first
     `state_ends[b, k]` tokens of each row (int32 [B, K], ≥ 1): a MambaState whose arrays lead
     with [B, K]. The SSM states come from the chunked scan (one partial chunk per state, no
     re-scan); the conv windows are the conv inputs at positions state_ends − (K_conv − 1) … − 1
     (zeros before the document start), exactly what a cache holds after that many tokens.
+
+    Packed rows (`segment_ids`): the scan restarts at each document, so the state after token
+    t − 1 holds only its own document; window inputs of another segment than token t − 1's are
+    zeros. A thought at t thus starts from what a cache holds after t's document prefix alone.
     """
-    inputs, (xs, bs, cs), _ = self._streams(x, token_mask, self._empty_windows(x))
+    inputs, (xs, bs, cs), _ = self._streams(x, token_mask, self._empty_windows(x), segment_ids)
     dt, a = self._step_sizes(x, token_mask)
-    y, _, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size, state_ends=state_ends)
+    y, _, ssm = ssd_chunked_scan(xs, dt, a, bs, cs, self.chunk_size, state_ends=state_ends,
+                                 resets=_resets(segment_ids))
     window = self.conv_x.kernel.shape[0] - 1
     columns = state_ends[:, :, None] + jnp.arange(window)  # in inputs left-padded by `window`
+    if segment_ids is not None:  # keep window inputs of token t − 1's segment only
+      padded_segments = jnp.pad(segment_ids, ((0, 0), (window, 0)), constant_values=-1)
+      window_segments = jax.vmap(lambda rows, at: rows[at])(padded_segments, columns)
+      own = segment_at(segment_ids, state_ends - 1)[:, :, None]  # [B, K, 1]
+      in_document = window_segments == own  # [B, K, window]
+    else:
+      in_document = None
 
     def window_at(conv_input: jax.Array) -> jax.Array:  # [B, L, ...] -> [B, K, window, ...]
       padded = jnp.pad(conv_input, [(0, 0), (window, 0)] + [(0, 0)] * (conv_input.ndim - 2))
-      return jax.vmap(lambda rows, at: rows[at])(padded, columns)
+      taken = jax.vmap(lambda rows, at: rows[at])(padded, columns)
+      if in_document is None:
+        return taken
+      keep = in_document.reshape(in_document.shape + (1,) * (taken.ndim - 3))
+      return jnp.where(keep, taken, jnp.zeros((), taken.dtype))
 
     conv_x, conv_b, conv_c = (window_at(t) for t in inputs)
     return self._output(y, xs, x), MambaState(conv_x=conv_x, conv_b=conv_b, conv_c=conv_c,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from rlp_jax.models.attention import Attention
 from rlp_jax.models.layer_stack import LayerValues
+from rlp_jax.models.segments import segment_at
 from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
                                      write_columns)
 
@@ -33,10 +34,13 @@ class DocumentKV:
   its (keys, values) [B, L, Hkv, D] (keys after k-norm and RoPE where the family has them); for a
   Mamba2 layer (hybrid family) the recurrent state after the first t tokens of the document for
   each of the K scored positions t, arrays leading with [B, K] (hybrid_cache.MambaState layout
-  otherwise); None for an MLP layer. valid bool [B, L].
+  otherwise); None for an MLP layer. valid bool [B, L]. segment_ids int32 [B, L] of packed rows
+  (models/segments.py), or None (one document per row): a thought then sees only the columns of
+  the document its prefix ends in.
   """
   layers: LayerValues
   valid: jax.Array
+  segment_ids: jax.Array | None = None
 
 
 @flax.struct.dataclass
@@ -51,11 +55,16 @@ class ThoughtMasks:
 def thought_masks(doc_kv: DocumentKV, prefix_len: jax.Array, thought_mask: jax.Array,
                   self_cache: KVCache | None) -> ThoughtMasks:
   """Visibility of the document and of a thought's own tokens for thought tokens [B, N, Tq]:
-  document columns < prefix_len[b, n] (and valid); own tokens causally (masked by thought_mask),
-  or with `self_cache` the cache columns up to the token's own after writing at `index`."""
+  document columns < prefix_len[b, n] (and valid; in a packed row only those of the segment of
+  column prefix_len − 1, the document the prefix ends in); own tokens causally (masked by
+  thought_mask), or with `self_cache` the cache columns up to the token's own after writing at
+  `index`."""
   batch, num_thoughts, length = thought_mask.shape
   doc_columns = jnp.arange(doc_kv.valid.shape[1], dtype=jnp.int32)
   doc_visible = doc_kv.valid[:, None, :] & (doc_columns[None, None, :] < prefix_len[:, :, None])
+  if doc_kv.segment_ids is not None:
+    own_document = segment_at(doc_kv.segment_ids, prefix_len - 1)  # [B, N]
+    doc_visible = doc_visible & (doc_kv.segment_ids[:, None, :] == own_document[:, :, None])
   row_mask = thought_mask.reshape(batch * num_thoughts, length)
   own_valid = None
   if self_cache is None:

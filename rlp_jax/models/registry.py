@@ -22,6 +22,7 @@ from rlp_jax.models.hybrid_cache import HybridCache
 from rlp_jax.models.layer_stack import LayerPlan
 from rlp_jax.models.hybrid_family import HYBRID
 from rlp_jax.models.kv_cache import KVCache
+from rlp_jax.models.segments import positions_in_segment
 
 Params = dict[str, Any]
 Cache = KVCache | HybridCache  # what the registered families' `init_cache` return
@@ -107,34 +108,41 @@ def count_params(model_config: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
-def document_positions(tokens: jax.Array) -> jax.Array:
-  """RoPE positions of right-padded document rows [B, L]: 0..L-1 on every row."""
+def document_positions(tokens: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+  """RoPE positions of document rows [B, L]: 0..L-1 on every row, or with `segment_ids` (packed
+  rows, segments.py) each column's index within its own document."""
+  if segment_ids is not None:
+    return positions_in_segment(segment_ids)
   return jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
 
 
 def forward(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array, positions: jax.Array,
             token_mask: jax.Array | None = None, cache: Cache | None = None,
-            ) -> tuple[jax.Array, Cache | None]:
+            segment_ids: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
   """Logits fp32 [B, L, V] and the updated cache (None without a cache). Pure; jit-able.
 
-  Without a cache: causal attention over the L tokens, keys with token_mask False masked out.
-  With a cache: the L tokens are written at columns [cache.index, cache.index + L) and attend to
+  Without a cache: causal attention over the L tokens, keys with token_mask False masked out;
+  with `segment_ids` int32 [B, L] (packed rows: 0 padding, 1, 2, … per document; segments.py)
+  every document is kept to itself (attention within its segment, Mamba2 states restarted at
+  its start; pass `document_positions(tokens, segment_ids)` as positions). With a cache (no
+  segment_ids): the L tokens are written at columns [cache.index, cache.index + L) and attend to
   valid cache columns up to their own (see kv_cache.py); the hybrid family also carries its
   Mamba2 states forward (see hybrid_cache.py). The cache comes from `init_cache`.
   """
   model = nnx.merge(graphdef, params)
-  return model(tokens, positions, token_mask, cache)
+  return model(tokens, positions, token_mask, cache, segment_ids)
 
 
 def forward_hidden(graphdef: nnx.GraphDef, params: Params, tokens: jax.Array,
                    positions: jax.Array, token_mask: jax.Array | None = None,
-                   cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+                   cache: Cache | None = None, segment_ids: jax.Array | None = None,
+                   ) -> tuple[jax.Array, Cache | None]:
   """`forward` up to the last layer: the residual stream [B, L, E] (before the final norm, in
   the compute dtype) and the updated cache. `logits_from_hidden` of any columns of it equals the
   same columns of `forward`'s logits, so callers that need few columns skip the rest of the
   [B, L, V] logits."""
   model = nnx.merge(graphdef, params)
-  return model.residual_stream(tokens, positions, token_mask, cache)
+  return model.residual_stream(tokens, positions, token_mask, cache, segment_ids)
 
 
 def logits_from_hidden(graphdef: nnx.GraphDef, params: Params, hidden: jax.Array) -> jax.Array:

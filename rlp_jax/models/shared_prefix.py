@@ -36,16 +36,18 @@ def _shared_prefix_family(family: ModelFamily) -> ModelFamily:
 
 def document_kv(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, positions: jax.Array,
                 mask: jax.Array, state_positions: jax.Array | None = None,
-                ) -> tuple[jax.Array, DocumentKV]:
+                segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], DocumentKV).
 
-  The logits are those of `registry.forward(graphdef, params, tokens, positions, mask)`.
-  `state_positions` int32 [B, K] (each ≥ 1): the scored positions whose Mamba states the hybrid
-  family keeps (required there; the dense family keeps every column's keys and ignores it).
+  The logits are those of `registry.forward(graphdef, params, tokens, positions, mask,
+  segment_ids=segment_ids)`. `state_positions` int32 [B, K] (each ≥ 1): the scored positions
+  whose Mamba states the hybrid family keeps (required there; the dense family keeps every
+  column's keys and ignores it). `segment_ids` (packed rows, segments.py): every document kept
+  to itself, and each thought later sees only the document its prefix ends in.
   """
   model = nnx.merge(graphdef, params)
   family = _shared_prefix_family(registry.family_of_model(model))
-  return family.document_kv(model, tokens, positions, mask, state_positions)
+  return family.document_kv(model, tokens, positions, mask, state_positions, segment_ids)
 
 
 def empty_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,

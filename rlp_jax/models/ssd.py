@@ -8,6 +8,12 @@ decays. Everything here is fp32 (the SSM states are kept in fp32 whatever `model
 see docs/architecture.md); B and C stay per group (they are never repeated per head). The D skip
 connection and the gate are applied by the caller.
 
+Packed rows: `resets` marks the first token of each document after the first; there the state
+is zeroed before the token's input is added (S_t = dt_t · x_t ⊗ B_t), by making that token's
+log-decay −inf. Every decay that spans the token — inside a chunk (segment_sum), to a chunk's
+end, from chunk to chunk — is then exp(−inf) = 0: no document sees another's state, with no
+extra [L, L] array and no change to a row without resets.
+
 Letters in the einsums: b batch, c chunk, l/s positions in a chunk (target/source), g group,
 r head within the group, p head_dim, n state.
 """
@@ -40,7 +46,7 @@ def _by_group(x: jax.Array, groups: int, axis: int) -> jax.Array:
 
 def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c: jax.Array,
                      chunk_size: int, initial_state: jax.Array | None = None,
-                     state_ends: jax.Array | None = None,
+                     state_ends: jax.Array | None = None, resets: jax.Array | None = None,
                      ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, jax.Array]:
   """The SSD recurrence over a whole sequence, chunk by chunk.
 
@@ -54,6 +60,8 @@ def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c:
     state_ends: optional int32 [B, K]: also return the state after the first `state_ends[b, k]`
       tokens of row b (0 ≤ state_ends ≤ L; 0 gives the initial state), taken from the chunk
       states the scan computes anyway plus a partial sum inside one chunk per (b, k).
+    resets: optional bool [B, L]: True where the state is zeroed before the token's own input
+      (a document start of a packed row; see the module docstring). None: nowhere.
 
   Returns:
     y [B, L, H, P] and the final state [B, H, P, N], both fp32; with `state_ends` also the states
@@ -74,6 +82,9 @@ def ssd_chunked_scan(x: jax.Array, dt: jax.Array, a: jax.Array, b: jax.Array, c:
   b, c = chunked(b), chunked(c)  # [b, c, l, g, n]
   x_dt = x * dt[..., None]
   log_decay = jnp.moveaxis(dt * _by_group(a.astype(jnp.float32), groups, axis=0), 2, -1)
+  if resets is not None:  # [b, c, l] → [b, c, 1, 1, l]: −inf forgets everything before
+    reset = jnp.pad(resets, ((0, 0), (0, pad))).reshape(batch, num_chunks, 1, 1, chunk)
+    log_decay = jnp.where(reset, -jnp.inf, log_decay)
   cumulative = jnp.cumsum(log_decay, axis=-1)  # [b, c, g, r, l]
 
   # 1. Within each chunk: y_l = Σ_{s ≤ l} (C_l · B_s) exp(Σ_{s<k≤l} dt_k A) dt_s x_s.

@@ -18,26 +18,32 @@ from rlp_jax.rollout.positions import (POSITION_RULES, POSITION_WEIGHTS, UNWEIGH
 
 
 def baseline_evidence(graphdef: Any, teacher_params: Any, tokens: jax.Array, mask: jax.Array,
-                      positions: jax.Array) -> jax.Array:
+                      positions: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
   """S_ema [B, K] = log p_φ(x_t | x_<t) at the scored positions, from one teacher forward whose
-  logits are computed only at the K columns t − 1 (not [B, L, V])."""
+  logits are computed only at the K columns t − 1 (not [B, L, V]). With `segment_ids` (packed
+  rows) x_<t is t's own document before t."""
   hidden, _ = registry.forward_hidden(graphdef, teacher_params, tokens,
-                                      registry.document_positions(tokens), mask)
+                                      registry.document_positions(tokens, segment_ids), mask,
+                                      segment_ids=segment_ids)
   before = jnp.take_along_axis(hidden, (positions - 1)[:, :, None], axis=1)  # [B, K, E]
   logits = registry.logits_from_hidden(graphdef, teacher_params, before)  # [B, K, V]
   return token_log_probs(logits, jnp.take_along_axis(tokens, positions, axis=1))
 
 
 def teacher_next_token_stats(graphdef: Any, teacher_params: Any, tokens: jax.Array,
-                             mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+                             mask: jax.Array, segment_ids: jax.Array | None = None,
+                             ) -> tuple[jax.Array, jax.Array]:
   """φ's prediction of every token from one teacher-forced forward over all columns.
 
   Returns (log_prob, entropy), both float32 [B, L]: at column t ≥ 1, log p_φ(x_t | x_<t) and the
   entropy of φ's next-token distribution that predicts x_t (log-softmax of the logits at t − 1,
-  in fp32); column 0 (nothing predicts it) is 0 in both.
+  in fp32); column 0 (nothing predicts it) is 0 in both. With `segment_ids` (packed rows) x_<t is
+  t's own document; at a document's first token the numbers come from the previous document's
+  last column and mean nothing, but such a column is never an allowed position.
   """
   logits, _ = registry.forward(graphdef, teacher_params, tokens,
-                               registry.document_positions(tokens), mask)
+                               registry.document_positions(tokens, segment_ids), mask,
+                               segment_ids=segment_ids)
   log_softmax = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, L-1, V]
   log_prob = jnp.take_along_axis(log_softmax, tokens[:, 1:, None], axis=-1)[..., 0]
   entropy = -jnp.sum(jnp.exp(log_softmax) * log_softmax, axis=-1)
@@ -50,8 +56,13 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
                                   tokens: jax.Array, mask: jax.Array,
                                   rlp: ml_collections.ConfigDict,
                                   marker_ids: tuple[int, ...] = (),
+                                  segment_ids: jax.Array | None = None,
                                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The K scored positions by `rlp.position_rule` and the baseline evidence S_ema there.
+
+  With `segment_ids` (packed rows, models/segments.py) a position needs `rlp.min_context` tokens
+  of its own document before it, a marker must lie in that document, and S_ema conditions on
+  that document alone.
 
   'uniform': positions uniform from `key`, then teacher logits only at the K columns
   (`baseline_evidence`). 'after_marker': the same among the tokens right after an occurrence of
@@ -65,13 +76,16 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
   """
   k, min_context = rlp.positions_per_document, rlp.min_context
   if rlp.position_rule in UNWEIGHTED_RULES:
-    allowed = mask if rlp.position_rule == 'uniform' else mask & after_marker(tokens, marker_ids)
-    positions, valid = choose_positions(key, allowed, k, min_context)
-    return positions, valid, baseline_evidence(graphdef, teacher_params, tokens, mask, positions)
+    allowed = mask if rlp.position_rule == 'uniform' else mask & after_marker(
+        tokens, marker_ids, segment_ids)
+    positions, valid = choose_positions(key, allowed, k, min_context, segment_ids=segment_ids)
+    return positions, valid, baseline_evidence(graphdef, teacher_params, tokens, mask, positions,
+                                               segment_ids)
   if rlp.position_rule not in POSITION_WEIGHTS:
     raise ConfigError(f"config key `rlp.position_rule` must be one of {list(POSITION_RULES)}, "
                       f"got {rlp.position_rule!r}")
-  log_prob, entropy = teacher_next_token_stats(graphdef, teacher_params, tokens, mask)
+  log_prob, entropy = teacher_next_token_stats(graphdef, teacher_params, tokens, mask,
+                                               segment_ids)
   weights = POSITION_WEIGHTS[rlp.position_rule](log_prob, entropy)
-  positions, valid = choose_positions(key, mask, k, min_context, weights)
+  positions, valid = choose_positions(key, mask, k, min_context, weights, segment_ids)
   return positions, valid, jnp.take_along_axis(log_prob, positions, axis=1)

@@ -12,26 +12,35 @@ import jax
 import jax.numpy as jnp
 
 from rlp_jax.errors import ConfigError
+from rlp_jax.models.segments import positions_in_segment
 
 # Allowed positions weigh at least this much, so a zero (or negative, or NaN) weight never makes an
 # allowed position impossible while others fill the K slots first.
 MIN_POSITION_WEIGHT = 1e-6
 
 
-def allowed_positions(token_mask: jax.Array, min_context: int) -> jax.Array:
-  """bool [B, L]: x_t is a real token and at least `min_context` tokens precede it."""
-  length = token_mask.shape[1]
-  return token_mask & (jnp.arange(length) >= min_context)[None, :]
+def allowed_positions(token_mask: jax.Array, min_context: int,
+                      segment_ids: jax.Array | None = None) -> jax.Array:
+  """bool [B, L]: x_t is a real token and at least `min_context` tokens of its own document
+  precede it (with `segment_ids`, packed rows: counted from its segment's start)."""
+  if segment_ids is None:
+    history = jnp.arange(token_mask.shape[1])[None, :]
+  else:
+    history = positions_in_segment(segment_ids)
+  return token_mask & (history >= min_context)
 
 
 def choose_positions(key: jax.Array, token_mask: jax.Array, num_positions: int,
                      min_context: int, weights: jax.Array | None = None,
-                     ) -> tuple[jax.Array, jax.Array]:
-  """K distinct scored positions per document among the allowed ones.
+                     segment_ids: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """K distinct scored positions per row among the allowed ones.
 
-  A position t is allowed when x_t is a real token and at least `min_context` tokens precede it
-  (t >= min_context). Documents with fewer than K allowed positions get fewer: the missing slots
-  come back with `valid` False (their position is still a legal index, t = 1 at worst).
+  A position t is allowed when x_t is a real token and at least `min_context` tokens of its own
+  document precede it (t >= min_context; in a packed row, `segment_ids` given, t − its
+  document's start >= min_context, so no scored prefix is cut at a document boundary). The K
+  are drawn per row: in a packed row its documents share them. Rows with fewer than K allowed
+  positions get fewer: the missing slots come back with `valid` False (their position is still
+  a legal index, t = 1 at worst).
 
   Without `weights` the K positions are uniform among the allowed ones. With `weights` they are
   drawn without replacement with probability proportional to max(weight, MIN_POSITION_WEIGHT)
@@ -44,11 +53,12 @@ def choose_positions(key: jax.Array, token_mask: jax.Array, num_positions: int,
     num_positions: K.
     min_context: tokens of history required before t (>= 1).
     weights: float [B, L] sampling weights (any scale), or None for the uniform rule.
+    segment_ids: int32 [B, L] of packed rows (models/segments.py), or None: one document a row.
 
   Returns:
     positions int32 [B, K] (ascending among valid ones) and valid bool [B, K].
   """
-  allowed = allowed_positions(token_mask, min_context)
+  allowed = allowed_positions(token_mask, min_context, segment_ids)
   if weights is None:
     top_index, valid = _uniform_top_k(key, allowed, num_positions)
   else:
@@ -116,14 +126,18 @@ UNWEIGHTED_RULES = ('uniform', 'after_marker')
 POSITION_RULES = (*UNWEIGHTED_RULES, *POSITION_WEIGHTS)
 
 
-def after_marker(tokens: jax.Array, marker_ids: tuple[int, ...]) -> jax.Array:
+def after_marker(tokens: jax.Array, marker_ids: tuple[int, ...],
+                 segment_ids: jax.Array | None = None) -> jax.Array:
   """bool [B, L]: True at t when tokens[t − m : t] are the m marker ids (the token right after
-  each occurrence of the marker)."""
+  each occurrence of the marker), within t's own document when `segment_ids` are given."""
   length, m = tokens.shape[1], len(marker_ids)
   if m == 0:
     raise ConfigError("config key `rlp.position_marker` must be set (non-empty) when "
                       "`rlp.position_rule` is 'after_marker'")
-  match = jnp.arange(length)[None, :] >= m
+  if segment_ids is None:
+    match = jnp.arange(length)[None, :] >= m
+  else:  # the marker must not start in the previous document
+    match = positions_in_segment(segment_ids) >= m
   for j, marker_id in enumerate(marker_ids):  # tokens[t − m + j] == marker[j]
     shifted = jnp.pad(tokens, ((0, 0), (m - j, 0)), constant_values=-1)[:, :length]
     match = match & (shifted == marker_id)

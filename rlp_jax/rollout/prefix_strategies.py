@@ -7,6 +7,10 @@ scored sequences, reward, advantage, the update loss — is one code path for bo
   shared  one document pass serves every rollout (models/shared_prefix.py): a row is the
           one-token prompt `<think>` at position t attending to the document columns < t.
 
+In a packed row (segment ids, models/segments.py) the prefix is only t's own document before t in
+both modes: the naive prompt leaves earlier documents out, the shared thought attends to its
+document's columns only (and, hybrid, starts from Mamba states that restarted at its start).
+
 Row r of a rollout is (b, k, g) flattened as r = (b·K + k)·G + g in both modes; the shared mode's
 [B, N] thought rows (n = k·G + g) are the same rows. For the same key both modes draw the same
 tokens (one key split per decode step, thought_sampler.decode_thoughts).
@@ -21,6 +25,7 @@ import jax.numpy as jnp
 
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
+from rlp_jax.models.segments import prefix_starts
 from rlp_jax.models.shared_prefix import (DocumentKV, document_kv, empty_thought_cache,
                                           thought_forward)
 from rlp_jax.rollout.reasoned_evidence import ScoredSequences, region_scores, score_thoughts
@@ -34,14 +39,17 @@ class PrefixStrategy:
   name = ''
 
   def encode(self, graphdef: Any, params: Any, tokens: jax.Array, mask: jax.Array,
-             positions: jax.Array, need_logits: bool) -> tuple[jax.Array | None, Any]:
+             positions: jax.Array, need_logits: bool, segment_ids: jax.Array | None = None,
+             ) -> tuple[jax.Array | None, Any]:
     """(fp32 document logits [B, L, V] when `need_logits` (else may be None), context).
-    `positions` int32 [B, K]: the scored positions."""
+    `positions` int32 [B, K]: the scored positions; `segment_ids` int32 [B, L] of packed rows
+    (models/segments.py) or None: every document is kept to itself."""
     raise NotImplementedError
 
   def prompts(self, tokens: jax.Array, positions: jax.Array, group_size: int,
-              think_start_id: int) -> Prompts:
-    """The prompt of every rollout row (R = B·K·G) ending in `<think>`."""
+              think_start_id: int, segment_ids: jax.Array | None = None) -> Prompts:
+    """The prompt of every rollout row (R = B·K·G) ending in `<think>`, its RoPE positions
+    counted from the start of t's document."""
     raise NotImplementedError
 
   def sample(self, graphdef: Any, params: Any, model_config: Any, context: Any, prompts: Prompts,
@@ -62,16 +70,17 @@ class NaivePrefix(PrefixStrategy):
   """Each row re-encodes its prefix: simple and exact, and R/B times the prefix compute."""
   name = 'naive'
 
-  def encode(self, graphdef, params, tokens, mask, positions, need_logits):
+  def encode(self, graphdef, params, tokens, mask, positions, need_logits, segment_ids=None):
     del positions
     if not need_logits:
       return None, None
-    logits, _ = registry.forward(graphdef, params, tokens, registry.document_positions(tokens),
-                                 mask)
+    logits, _ = registry.forward(graphdef, params, tokens,
+                                 registry.document_positions(tokens, segment_ids), mask,
+                                 segment_ids=segment_ids)
     return logits, None
 
-  def prompts(self, tokens, positions, group_size, think_start_id):
-    return build_prompts(tokens, positions, group_size, think_start_id)
+  def prompts(self, tokens, positions, group_size, think_start_id, segment_ids=None):
+    return build_prompts(tokens, positions, group_size, think_start_id, segment_ids)
 
   def sample(self, graphdef, params, model_config, context, prompts, key, max_thought_tokens,
              temperature, think_end_id, pad_id):
@@ -91,13 +100,13 @@ class SharedPrefix(PrefixStrategy):
   rollout's gradient reaches its shared prefix."""
   name = 'shared'
 
-  def encode(self, graphdef, params, tokens, mask, positions, need_logits):
+  def encode(self, graphdef, params, tokens, mask, positions, need_logits, segment_ids=None):
     del need_logits  # one pass either way; unused logits are dropped by the compiler
-    return document_kv(graphdef, params, tokens, registry.document_positions(tokens), mask,
-                       positions)
+    return document_kv(graphdef, params, tokens, registry.document_positions(tokens, segment_ids),
+                       mask, positions, segment_ids)
 
-  def prompts(self, tokens, positions, group_size, think_start_id):
-    return thought_prompts(tokens, positions, group_size, think_start_id)
+  def prompts(self, tokens, positions, group_size, think_start_id, segment_ids=None):
+    return thought_prompts(tokens, positions, group_size, think_start_id, segment_ids)
 
   def sample(self, graphdef, params, model_config, context, prompts, key, max_thought_tokens,
              temperature, think_end_id, pad_id):
@@ -121,14 +130,17 @@ def prefix_strategy(prefix_mode: str) -> PrefixStrategy:
 
 
 def thought_prompts(tokens: jax.Array, positions: jax.Array, group_size: int,
-                    think_start_id: int) -> Prompts:
-  """One-token prompts `<think>` at position t for every rollout row: tokens/positions [R, 1]."""
+                    think_start_id: int, segment_ids: jax.Array | None = None) -> Prompts:
+  """One-token prompts `<think>` at column t for every rollout row: tokens/positions [R, 1], the
+  RoPE position t less the start of t's document (t itself without segment ids)."""
   batch = tokens.shape[0]
   t = jnp.repeat(positions.reshape(-1), group_size).astype(jnp.int32)  # [R]
+  start = jnp.repeat(prefix_starts(segment_ids, positions).reshape(-1), group_size)  # [R]
   doc = jnp.repeat(jnp.arange(batch), positions.shape[1] * group_size)
   return Prompts(tokens=jnp.full((t.shape[0], 1), think_start_id, jnp.int32),
-                 positions=t[:, None], mask=jnp.ones((t.shape[0], 1), jnp.bool_),
-                 scored_position=t, next_token=tokens[doc, t].astype(jnp.int32))
+                 positions=(t - start)[:, None].astype(jnp.int32),
+                 mask=jnp.ones((t.shape[0], 1), jnp.bool_), scored_position=t,
+                 next_token=tokens[doc, t].astype(jnp.int32))
 
 
 def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv: DocumentKV,
@@ -149,7 +161,7 @@ def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv
 
   cache = empty_thought_cache(model_config, doc_kv, num_thoughts, max_thought_tokens + 1)
   logits, cache = forward(prompts.tokens, prompts.positions, prompts.mask, cache)
-  return decode_thoughts(forward, logits, cache, prompts.scored_position, key,
+  return decode_thoughts(forward, logits, cache, prompts.positions[:, -1], key,
                          max_thought_tokens, temperature, think_end_id, pad_id)
 
 
@@ -158,13 +170,14 @@ def score_thoughts_shared(graphdef: Any, params: Any, doc_kv: DocumentKV,
                           temperature: float) -> tuple[jax.Array, jax.Array]:
   """`reasoned_evidence.score_thoughts` over a shared document cache, for `<think> ‖ c </think>
   x_t` rows (prompt_length 1): (thought log-probs float32 [R, T], S_pred float32 [R])."""
-  if sequences.prompt_length != 1:
+  if sequences.prompt_length != 1 or sequences.scored_position is None:
     raise ValueError('score_thoughts_shared wants sequences built from `thought_prompts` '
-                     f'(prompt_length 1), got prompt_length {sequences.prompt_length}')
+                     f'(prompt_length 1, scored_position set), got prompt_length '
+                     f'{sequences.prompt_length}')
   batch = doc_kv.valid.shape[0]
   rows, width = sequences.tokens.shape
   shape = (batch, rows // batch, width - 1)  # the last column is only ever a target
-  prefix_len = sequences.positions[:, 0].reshape(shape[:2])
+  prefix_len = sequences.scored_position.reshape(shape[:2])  # columns < t (t's document)
   logits, _ = thought_forward(graphdef, params, doc_kv, prefix_len,
                               sequences.tokens[:, :-1].reshape(shape),
                               sequences.positions[:, :-1].reshape(shape),

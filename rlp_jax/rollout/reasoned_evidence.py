@@ -27,13 +27,17 @@ class ScoredSequences:
   """`prompt ‖ thought region` rows: tokens/positions int32 [R, P + T + 2], mask bool.
 
   The thought region (width T + 2) holds the sampled tokens, a forced `</think>` when the thought
-  hit the limit, then x_t at `closed_length`, then padding.
+  hit the limit, then x_t at `closed_length`, then padding. `positions` are RoPE positions
+  (within the document); `scored_position` int32 [R] is t as a column of the batch row, what
+  the shared prefix strategy attends up to and the update's document pass takes states at
+  (built by `build_scored_sequences`; a naive-only caller may leave it None).
   """
   tokens: jax.Array
   positions: jax.Array
   mask: jax.Array
   closed_length: jax.Array  # int32 [R]: thought tokens incl. `</think>` (forced or sampled)
   prompt_length: int = flax.struct.field(pytree_node=False)
+  scored_position: jax.Array | None = None
 
 
 def build_scored_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: int,
@@ -46,13 +50,14 @@ def build_scored_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: i
   region = jnp.where(u < n, padded, pad_id)
   region = jnp.where((u == n) & ~thoughts.ended[:, None], think_end_id, region)
   region = jnp.where(u == closed, prompts.next_token[:, None], region)
-  region_positions = prompts.scored_position[:, None] + 1 + u
+  region_positions = prompts.positions[:, -1:] + 1 + u  # after `<think>`'s RoPE position
   return ScoredSequences(
       tokens=jnp.concatenate([prompts.tokens, region.astype(jnp.int32)], axis=1),
       positions=jnp.concatenate([prompts.positions, region_positions.astype(jnp.int32)], axis=1),
       mask=jnp.concatenate([prompts.mask, u <= closed], axis=1),
       closed_length=closed[:, 0].astype(jnp.int32),
       prompt_length=prompts.tokens.shape[1],
+      scored_position=prompts.scored_position,
   )
 
 
@@ -89,14 +94,17 @@ def region_scores(region_logits: jax.Array, region_tokens: jax.Array, closed_len
 def reasoned_evidence(strategy: Any, graphdef: Any, params: Any, model_config: Any,
                       key: jax.Array, tokens: jax.Array, mask: jax.Array, positions: jax.Array,
                       group_size: int, max_thought_tokens: int, temperature: float,
-                      special: SpecialTokens) -> tuple[ScoredSequences, Thoughts, jax.Array]:
+                      special: SpecialTokens, segment_ids: jax.Array | None = None,
+                      ) -> tuple[ScoredSequences, Thoughts, jax.Array]:
   """G thoughts per scored position [B, K] sampled under `params` and their reasoned evidence
   S_pred [R] = log p(x_t | x_<t, <think> c </think>) under `params`, through `strategy` (a
-  prefix_strategies.PrefixStrategy: how each thought sees its document prefix).
+  prefix_strategies.PrefixStrategy: how each thought sees its document prefix). With
+  `segment_ids` (packed rows) x_<t is t's own document before t.
 
   The rollout (θ_old) and the evaluator (the evaluated θ, rlp_jax.eval) both call this."""
-  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False)
-  prompts = strategy.prompts(tokens, positions, group_size, special.think_start_id)
+  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False,
+                               segment_ids=segment_ids)
+  prompts = strategy.prompts(tokens, positions, group_size, special.think_start_id, segment_ids)
   thoughts = strategy.sample(graphdef, params, model_config, context, prompts, key,
                              max_thought_tokens, temperature, special.think_end_id,
                              special.pad_id)

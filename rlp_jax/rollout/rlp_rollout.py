@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.models.segments import segment_ids_of
 from rlp_jax.objective import get_advantage_estimator, information_gain
 from rlp_jax.rollout.baseline_evidence import scored_positions_and_baseline
 from rlp_jax.rollout.prefix_strategies import prefix_strategy
@@ -74,14 +75,17 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
                   model_config: ml_collections.ConfigDict, rlp: ml_collections.ConfigDict,
                   special: SpecialTokens) -> Rollout:
   """Positions and S_ema (teacher) → thoughts (θ_old) → S_pred → reward → group advantage, with
-  the prefix strategy of `rlp.prefix_mode`."""
+  the prefix strategy of `rlp.prefix_mode`. `batch` holds `tokens`, `mask` and, for packed rows,
+  `segment_ids` (absent: one document per row); every prefix stays inside its document."""
   tokens, mask = batch['tokens'], batch['mask']
+  segment_ids = segment_ids_of(batch)
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid, s_ema = scored_positions_and_baseline(
-      graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids)
+      graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids,
+      segment_ids)
   s_ema = jnp.repeat(s_ema.reshape(-1), rlp.thoughts_per_position)  # [R]
   sequences, thoughts, s_pred = reasoned_evidence(
       prefix_strategy(rlp.prefix_mode), graphdef, params, model_config, key_sample, tokens, mask,
       positions, rlp.thoughts_per_position, rlp.max_thought_tokens, rlp.sample_temperature,
-      special)
+      special, segment_ids)
   return finish_rollout(sequences, thoughts, s_pred, s_ema, position_valid, rlp)

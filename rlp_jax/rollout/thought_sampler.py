@@ -2,7 +2,9 @@
 
 Row r of a rollout batch is (b, k, g) flattened as r = (b * K + k) * G + g. Its prompt is the
 document prefix x_<t followed by `<think>`, left-padded to the document length L so that every row
-decodes at the same cache column; RoPE positions count from the document start.
+decodes at the same cache column; RoPE positions count from the document start. In a packed row
+(segment ids, models/segments.py) the prefix is t's own document before t: the columns of earlier
+documents become left padding and positions count from t's document start.
 """
 from __future__ import annotations
 
@@ -13,16 +15,21 @@ import jax
 import jax.numpy as jnp
 
 from rlp_jax.models import registry
+from rlp_jax.models.segments import prefix_starts
 from rlp_jax.objective.log_probs import token_log_probs
 
 
 @flax.struct.dataclass
 class Prompts:
-  """Left-padded prompts `x_<t <think>`: tokens/positions int32 [R, P], mask bool [R, P]."""
+  """Left-padded prompts `x_<t <think>`: tokens/positions int32 [R, P], mask bool [R, P].
+
+  `positions` are RoPE positions (within the document); the last column's is where decoding
+  continues from. `scored_position` is t as a column of the batch row (in a packed row not the
+  same as `<think>`'s RoPE position t − document start)."""
   tokens: jax.Array
   positions: jax.Array
   mask: jax.Array
-  scored_position: jax.Array  # int32 [R]: t, the position whose token the thought should predict
+  scored_position: jax.Array  # int32 [R]: t, the column whose token the thought should predict
   next_token: jax.Array  # int32 [R]: x_t
 
 
@@ -43,19 +50,22 @@ class Thoughts:
 
 
 def build_prompts(tokens: jax.Array, positions: jax.Array, group_size: int,
-                  think_start_id: int) -> Prompts:
-  """Prompts for every (document, position, thought): [B, L] documents, [B, K] positions."""
+                  think_start_id: int, segment_ids: jax.Array | None = None) -> Prompts:
+  """Prompts for every (row, position, thought): [B, L] rows, [B, K] positions; with
+  `segment_ids` (packed rows) each prompt holds only its own document's tokens before t."""
   batch, length = tokens.shape
   num_positions = positions.shape[1]
   t = jnp.repeat(positions.reshape(-1), group_size)  # [R]
+  start = jnp.repeat(prefix_starts(segment_ids, positions).reshape(-1), group_size)  # [R]
   doc = jnp.repeat(jnp.arange(batch), num_positions * group_size)  # [R]
   columns = jnp.arange(length)[None, :]
-  source = columns - (length - 1 - t[:, None])  # document index shown at each column
+  source = columns - (length - 1 - t[:, None])  # row column shown at each prompt column
   gathered = tokens[doc[:, None], jnp.clip(source, 0, length - 1)]
   prompt_tokens = jnp.where(source == t[:, None], think_start_id, gathered)
-  mask = source >= 0
+  mask = source >= start[:, None]
   prompt_tokens = jnp.where(mask, prompt_tokens, 0).astype(jnp.int32)
-  return Prompts(tokens=prompt_tokens, positions=jnp.maximum(source, 0).astype(jnp.int32),
+  return Prompts(tokens=prompt_tokens,
+                 positions=jnp.maximum(source - start[:, None], 0).astype(jnp.int32),
                  mask=mask, scored_position=t.astype(jnp.int32),
                  next_token=tokens[doc, t].astype(jnp.int32))
 
@@ -97,19 +107,21 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
     step_logits, cache = registry.forward(graphdef, params, token, positions, active, cache)
     return step_logits[:, -1], cache
 
-  return decode_thoughts(step_forward, first_logits, cache, prompts.scored_position, key,
+  return decode_thoughts(step_forward, first_logits, cache, prompts.positions[:, -1], key,
                          limit, temperature, think_end_id, pad_id, banned_ids)
 
 
 def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
-                    scored_position: jax.Array, key: jax.Array, max_thought_tokens: int,
+                    last_position: jax.Array, key: jax.Array, max_thought_tokens: int,
                     temperature: float, think_end_id: int | jax.Array, pad_id: int,
                     banned_ids: jax.Array | None = None) -> Thoughts:
   """The sampling loop both prefix modes share, after their prefill.
 
   `step_forward(token [R, 1], positions [R, 1], active [R, 1], cache) -> (logits [R, V], cache)`
-  runs one cached decode step; `first_logits` [R, V] predict the first thought token. One key
-  split per step, so both modes draw the same tokens from the same key.
+  runs one cached decode step; `first_logits` [R, V] predict the first thought token;
+  `last_position` int32 [R] is the RoPE position of the prompt's last token (`<think>`: t less
+  its document's start), so decode step u is at last_position + 1 + u. One key split per step,
+  so both modes draw the same tokens from the same key.
   A row stops after drawing `think_end_id` (one id, or any id of a 1-D array of stop ids);
   `banned_ids` (1-D ids, optional) get no probability.
   """
@@ -135,7 +147,7 @@ def decode_thoughts(step_forward: Callable, first_logits: jax.Array, cache: Any,
     out_logp = out_logp.at[:, u].set(jnp.where(active, logp, 0.0))
     out_mask = out_mask.at[:, u].set(active)
     done = done | jnp.isin(token, stop_ids)
-    step_positions = (scored_position + 1 + u)[:, None]
+    step_positions = (last_position + 1 + u)[:, None]
     step_logits, cache = step_forward(token[:, None], step_positions, active[:, None], cache)
     return u + 1, cache, step_logits, done, key, out_tokens, out_logp, out_mask
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from rlp_jax.models import registry
+from rlp_jax.models.segments import segment_ids_of
 from rlp_jax.objective.next_token import next_token_loss
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.train.nonfinite import keep_finite_update
@@ -36,9 +37,11 @@ def make_ntp_step(graphdef: Any, tx: optax.GradientTransformation, schedule: opt
 
   def loss_fn(params, batch):
     tokens, mask = batch['tokens'], batch['mask']
-    logits, _ = registry.forward(graphdef, params, tokens, registry.document_positions(tokens),
-                                 mask)
-    loss, num_predicted = next_token_loss(logits, tokens, mask)
+    segment_ids = segment_ids_of(batch)  # packed rows: each document kept to itself
+    logits, _ = registry.forward(graphdef, params, tokens,
+                                 registry.document_positions(tokens, segment_ids), mask,
+                                 segment_ids=segment_ids)
+    loss, num_predicted = next_token_loss(logits, tokens, mask, segment_ids)
     return loss, num_predicted
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rlp_jax.models.segments import segment_ids_of
 from rlp_jax.objective import clipped_surrogate, kl_to_teacher, next_token_loss, rlp_total_loss
 from rlp_jax.rollout.prefix_strategies import prefix_strategy
 from rlp_jax.rollout.rlp_rollout import Rollout
@@ -26,19 +27,20 @@ def rlp_loss(params: Any, teacher_params: Any, graphdef: Any, batch: Batch, roll
   strategy = prefix_strategy(rlp.prefix_mode)
   limit, temperature = rlp.max_thought_tokens, rlp.sample_temperature
   tokens, mask = batch['tokens'], batch['mask']
+  segment_ids = segment_ids_of(batch)  # packed rows; absent: one document per row
   sequences = rollout.sequences
-  # The scored positions t [B, K]: the thought region of every row (b, k, g) starts at t + 1.
-  scored = sequences.positions[:, sequences.prompt_length] - 1
-  positions = scored.reshape(tokens.shape[0], rlp.positions_per_document,
-                             rlp.thoughts_per_position)[:, :, 0]
-  logits, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=True)
-  ntp_loss, _ = next_token_loss(logits, tokens, mask)
+  # The scored columns t [B, K] of the rows (b, k, g).
+  positions = sequences.scored_position.reshape(tokens.shape[0], rlp.positions_per_document,
+                                                rlp.thoughts_per_position)[:, :, 0]
+  logits, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=True,
+                                    segment_ids=segment_ids)
+  ntp_loss, _ = next_token_loss(logits, tokens, mask, segment_ids)
   new_log_probs, _ = strategy.score(graphdef, params, context, sequences, limit, temperature)
   teacher_log_probs = None
   if rlp.kl_weight > 0:
     teacher = jax.lax.stop_gradient(teacher_params)
     _, teacher_context = strategy.encode(graphdef, teacher, tokens, mask, positions,
-                                         need_logits=False)
+                                         need_logits=False, segment_ids=segment_ids)
     teacher_log_probs, _ = strategy.score(graphdef, teacher, teacher_context, sequences, limit,
                                           temperature)
   return combine_update_loss(new_log_probs, teacher_log_probs, ntp_loss, rollout, rlp)

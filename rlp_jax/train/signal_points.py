@@ -3,6 +3,7 @@
 `RLP_JAX_SIGNAL_AT=POINT@STEP:SIGNAME[xCOUNT]` (e.g. `after_save_check@3:SIGINTx2`) makes the
 process send itself COUNT signals when it reaches POINT at loop step STEP, each one handled before
 the run goes on, so a test hits a moment no external timing could (tests/test_signals.py).
+SIGKILL ends the process there and then, as `kill -9` would (tests/test_data_resume.py).
 Points: `after_save_check` (the step's checkpoint decision is taken, the next step not begun) and
 `during_save` (inside a checkpoint save, after orbax started writing). Unset, `reached` is a
 dictionary lookup.
@@ -15,13 +16,13 @@ import signal
 import time
 
 ENV = 'RLP_JAX_SIGNAL_AT'
-_SPEC = re.compile(r'^(\w+)@(\d+):(SIGTERM|SIGINT)(?:x(\d+))?$')
+_SPEC = re.compile(r'^(\w+)@(\d+):(SIGTERM|SIGINT|SIGKILL)(?:x(\d+))?$')
 
 
 def _parse(spec: str) -> tuple[str, int, int, int] | None:
   match = _SPEC.match(spec.strip())
   if not match:
-    raise ValueError(f'{ENV}={spec!r}: expected POINT@STEP:SIGTERM|SIGINT[xCOUNT]')
+    raise ValueError(f'{ENV}={spec!r}: expected POINT@STEP:SIGTERM|SIGINT|SIGKILL[xCOUNT]')
   point, step, name, count = match.groups()
   return point, int(step), int(getattr(signal, name)), int(count or 1)
 

@@ -148,7 +148,8 @@ KEYS: tuple[Key, ...] = (
     Key('optimizer.grad_clip_norm', 1.0, 'global gradient-norm clip', bounds=POSITIVE),
 
     Key('rlp.enabled', True, 'False: plain next-token pretraining (no teacher in the state)'),
-    Key('rlp.positions_per_document', 2, 'K scored positions per document', bounds=POSITIVE),
+    Key('rlp.positions_per_document', 2, 'K scored positions per row (the documents of a packed '
+        'row share them)', bounds=POSITIVE),
     Key('rlp.thoughts_per_position', 4, 'G thoughts per position: the advantage group, compared '
         'within (paper 16)', bounds=at_least(2)),
     Key('rlp.max_thought_tokens', 24, 'T: `</think>` is forced after T sampled tokens (paper up '

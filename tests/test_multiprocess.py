@@ -1,6 +1,8 @@
 """Two processes on localhost (jax.distributed over gloo, 2 CPU devices each) run the real CLI.
 
-A job of both processes is stopped after its first RLP step by a SIGTERM to process 1 alone: both
+The data is a mixture of the embedded corpus and jsonl shards (each process reads its own half),
+split into windows and packed: each process's loader state is saved with the checkpoint and must
+resume at the exact record. A job of both processes is stopped after its first RLP step by a SIGTERM to process 1 alone: both
 processes agree on the step, save it together, exit 0, and process 0 prints one line saying where
 to resume. A second invocation of both processes restores that checkpoint and takes steps 2 and 3.
 Its metrics must equal, bitwise, those of an uninterrupted job of the same two processes and the
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests import helpers
@@ -22,22 +25,43 @@ from tests import helpers
 pytestmark = [pytest.mark.subprocess, pytest.mark.slow]  # three CLI jobs of 2 processes
 
 # A constant learning rate keeps the schedule independent of train.num_steps (both jobs use 3).
+# One layer: what is compared does not depend on depth, and every job compiles the whole step.
 OVERRIDES = {
     'data.num_documents': 200, 'data.seq_len': 48, 'data.batch_size': 8,
     'tokenizer.vocab_size': 256, 'model.vocab_size': 256, 'model.hidden_size': 32,
-    'model.intermediate_size': 64, 'model.num_layers': 2, 'model.num_heads': 4,
+    'model.intermediate_size': 64, 'model.num_layers': 1, 'model.num_heads': 4,
     'model.num_kv_heads': 2, 'model.head_dim': 8, 'rlp.max_thought_tokens': 6,
     'rlp.positions_per_document': 1, 'rlp.thoughts_per_position': 2, 'optimizer.schedule':
     'constant', 'optimizer.warmup_steps': 0, 'train.checkpoint_every': 2,
     'train.progress_bar': False, 'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 1,
 }
-# Wall-clock throughputs (tokens / measured seconds, train/loop.py): the only metrics that may
-# differ between two runs of the same steps. Every other key must be equal, bitwise.
-TIMING_KEYS = ('rollout_tokens_per_s', 'update_tokens_per_s')
+# Wall-clock measures (train/loop.py: throughputs, the step's time and its wait for data): the only
+# metrics that may differ between two runs of the same steps. Every other key must be equal,
+# bitwise; the data metrics among them (data/bad_records) show the loader resumed exactly.
+TIMING_KEYS = ('rollout_tokens_per_s', 'update_tokens_per_s', 'step_s', 'data_wait_s')
+
+
+def write_shards(directory):
+  """4 jsonl shards (2 per process), documents of 3 to 80 words: some span several windows."""
+  pattern = os.path.join(directory, '*.jsonl')
+  if os.path.isdir(directory):  # written once: a rewrite would change the files' mtimes, which
+    return pattern              # the run identity records (a resume would see new data)
+  rng = np.random.default_rng(0)
+  os.makedirs(directory)
+  for shard in range(4):
+    with open(os.path.join(directory, f'web-{shard}.jsonl'), 'w', encoding='utf-8') as f:
+      for i in range(30):
+        words = ' '.join(str(int(x)) for x in rng.integers(0, 50, int(rng.integers(3, 80))))
+        f.write(json.dumps({'text': f'shard {shard} doc {i}: {words}.'}) + '\n')
+  return pattern
 
 
 def command(workdir, data_dir, num_steps, *extra):
-  overrides = dict(OVERRIDES, **{'data.data_dir': data_dir, 'train.num_steps': num_steps})
+  # The data: the embedded corpus mixed with jsonl shards each process reads its half of,
+  # windows and packing (data/loader.py): each process's loader state must resume exactly.
+  overrides = dict(OVERRIDES, **{
+      'data.data_dir': data_dir, 'train.num_steps': num_steps, 'data.packing': True,
+      'data.sources': f'embedded@1; files({write_shards(os.path.join(data_dir, "web"))})@1'})
   return ([sys.executable, '-m', 'rlp_jax.main', f'--workdir={workdir}']
           + [f'--config.{key}={value}' for key, value in overrides.items()] + list(extra))
 

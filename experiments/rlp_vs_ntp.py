@@ -72,10 +72,14 @@ STUDY = dict(
     eval_points=3,
     settings=('mix', 'answer_only'),
     arms=ARMS,
+    model={},  # model keys set over the declared defaults (none: the default tiny model)
 )
 SMOKE = dict(seeds=(0,), num_documents=1000, base_steps=8, rlp_steps=2, settings=('answer_only',),
              eval=dict(num_documents=8, num_problems=8, vote_samples=2, thoughts_per_position=2),
-             rlp=dict(thoughts_per_position=2, max_thought_tokens=8), eval_points=1)
+             rlp=dict(thoughts_per_position=2, max_thought_tokens=8), eval_points=1,
+             # One layer of half the default width (compiles and runs faster): the smoke shows
+             # that every stage runs, not what the model learns.
+             model=dict(num_layers=1, hidden_size=64, intermediate_size=128, head_dim=16))
 # --ablation: the paper-objective arm (answer_only setting, same base, same seeds) with one knob
 # changed at a time; `reference` reuses the main study's rlp_paper runs.
 ABLATIONS = {
@@ -121,6 +125,7 @@ def _base_config(settings: dict[str, Any], data_dir: str):
   config.data.data_dir = data_dir
   config.data.num_documents = settings['num_documents']
   config.data.batch_size = settings['base_batch']
+  config.model.update(settings['model'])
   config.rlp.enabled = False
   config.optimizer.learning_rate = settings['base_lr']
   config.train.num_steps = settings['base_steps']
@@ -138,6 +143,7 @@ def _arm_config(settings, data_dir, base_dir, tokenizer_path, setting, arm, seed
   config.data.batch_size = settings['batch']
   config.data.worked_fraction = WORKED_FRACTION[setting]
   config.tokenizer.path = tokenizer_path  # the base's tokenizer, whatever the arm reads
+  config.model.update(settings['model'])
   config.model.init_from = base_dir
   config.optimizer.update(dict(learning_rate=settings['lr'], schedule='constant', warmup_steps=0))
   config.rlp.update(settings['rlp'])

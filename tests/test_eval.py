@@ -172,10 +172,13 @@ def _cli(*args, cwd=REPO):
 
 
 def _overrides(config):
+  """The flags that make configs/tiny.py `config` for everything an evaluation reads."""
   keys = ('data.data_dir', 'data.num_documents', 'data.seq_len', 'data.batch_size',
           'tokenizer.vocab_size', 'model.vocab_size', 'model.hidden_size',
           'model.intermediate_size', 'model.num_layers', 'model.num_heads', 'model.num_kv_heads',
-          'model.head_dim')
+          'model.head_dim', 'rlp.max_thought_tokens', 'eval.num_documents', 'eval.num_problems',
+          'eval.vote_samples', 'eval.thoughts_per_position', 'eval.max_answer_tokens',
+          'eval.rows_per_call')
   out = []
   for key in keys:
     group, name = key.split('.')
@@ -186,6 +189,7 @@ def _overrides(config):
 @pytest.mark.subprocess
 @pytest.mark.slow
 def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path):
+  small_config.model.num_layers = 1  # nothing here depends on depth; each step compiles less
   small_config.train.num_steps = 4
   small_config.train.eval_every = 2
   small_config.rlp.max_thought_tokens = 4
@@ -210,7 +214,6 @@ def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path)
   bench.write_text('{"question": "What is 2 + 2?", "answer": "2 + 2 = 4\\n#### 4"}\n'
                    '{"question": "What is 3 + 3?", "answer": "#### 6"}\n', encoding='utf-8')
   args = ['--config=configs/tiny.py', f'--workdir={workdir}', '--limit=3',
-          '--config.eval.vote_samples=2', '--config.rlp.max_thought_tokens=4',
           f'--config.eval.benchmarks={bench}', *_overrides(small_config)]
   done = _cli(*args, '--step=4')
   assert done.returncode == 0, done.stderr[-2000:]
@@ -221,7 +224,8 @@ def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path)
   assert 'answer accuracy' in done.stdout and 'gsm8k' in done.stdout
 
   # A Hugging Face directory given as model.init_from (no checkpoints in the workdir) is the
-  # same θ: the same report as the checkpoint it was exported from.
+  # same θ: the same report as the checkpoint it was exported from, the command line's report of
+  # step 4 above (`_overrides` gives it this config's evaluation settings).
   from rlp_jax.eval.checkpoint_eval import (  # pylint: disable=import-outside-toplevel
       evaluate_checkpoint, load_evaluated_params)
   from rlp_jax.interop.hf_checkpoint import (  # pylint: disable=import-outside-toplevel
@@ -229,14 +233,14 @@ def test_eval_during_training_then_cli_report_and_errors(small_config, tmp_path)
   params, step, _ = load_evaluated_params(small_config, workdir, None)
   assert step == 4
   export_hf_checkpoint(params, small_config.model, str(tmp_path / 'hf'))
-  small_config.eval.benchmarks = ''
-  from_checkpoint = evaluate_checkpoint(small_config, workdir, limit=3, progress_bar=False)
+  small_config.eval.benchmarks = str(bench)
   small_config.model.init_from = str(tmp_path / 'hf')
   from_hf = evaluate_checkpoint(small_config, str(tmp_path / 'empty'), limit=3,
                                 progress_bar=False)
   assert from_hf['step'] == 0 and 'Hugging Face' in from_hf['weights']
   assert os.path.exists(tmp_path / 'empty' / 'eval' / 'step_0.json')
-  for key, value in from_checkpoint['metrics'].items():
+  assert sorted(from_hf['metrics']) == sorted(report['metrics'])
+  for key, value in report['metrics'].items():
     np.testing.assert_allclose(from_hf['metrics'][key], value, rtol=1e-5, atol=1e-6,
                                err_msg=key)
 

@@ -128,3 +128,35 @@ def test_kill_9_then_resume_trains_on_the_batches_of_an_uninterrupted_run(tmp_pa
     assert not differing, f'step {want["step"]}: {differing}'
   assert 'data/proportion/files0' in expected[-1]
   assert checksums(killed_dir, 8) == checksums(reference_dir, 8)
+
+
+def test_a_resume_on_another_number_of_processes_stops_or_restarts_the_data_order(
+    small_config, tmp_path, capsys):
+  """A checkpoint written by a job of 2 processes (its data item holds process_0-of-2.json and
+  process_1-of-2.json), resumed by 1: one line naming both counts and the key; with
+  data.on_process_count_change=restart the run goes on, the data order restarted."""
+  from rlp_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  from rlp_jax.train.loop import train  # pylint: disable=import-outside-toplevel
+  small_config.rlp.enabled = False
+  small_config.model.num_layers = 1
+  small_config.train.num_steps = 2
+  small_config.train.checkpoint_every = 2
+  workdir = tmp_path / 'run'
+  train(small_config, str(workdir))
+  data_item = workdir / 'checkpoints' / '2' / 'data'
+  state = (data_item / 'process_0-of-1.json').read_text()
+  (data_item / 'process_0-of-1.json').unlink()
+  for process in range(2):  # what a 2-process job writes
+    (data_item / f'process_{process}-of-2.json').write_text(state)
+  small_config.train.num_steps = 3
+  with pytest.raises(ConfigError) as error:
+    train(small_config, str(workdir))
+  message = str(error.value)
+  assert '\n' not in message
+  assert 'data loader state of 2 processes and this job has 1' in message, message
+  assert '--config.data.on_process_count_change=restart' in message, message
+  small_config.data.on_process_count_change = 'restart'
+  capsys.readouterr()
+  result = train(small_config, str(workdir))
+  assert result.first_step == 2
+  assert 'the data order restarts' in capsys.readouterr().out

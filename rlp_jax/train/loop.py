@@ -159,10 +159,14 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
 
   first_step = 0
 
+  data_changed = []  # whether the restored step's documents differ (train.allow_data_change)
+
   def check_record(record: dict | None, step: int) -> None:
     for note in check_resume(record, identity, config.train.allow_data_change,
                              checkpoint=f'checkpoint {step} in {checkpointer.directory}'):
       say(note)
+    data_changed[:] = [record is not None and 'data' in record
+                       and record['data'] != identity['data']]
 
   # Verified (checksums), falling back past damaged steps; refused when what it depends on changed.
   # A step saved with the other `model.scan_layers` is moved into this run's layer layout.
@@ -181,7 +185,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   else:
     say(f'starting from random weights (seed {config.seed}; model.init_from is not set)')
   data = _data_iterator(config, tokenizer, len(local_rows), checkpointer,
-                        first_step if restored is not None else None)
+                        first_step if restored is not None else None,
+                        data_changed=bool(data_changed and data_changed[0]))
   writer = MetricsWriter(workdir, resume_step=first_step, enabled=is_primary_process())
   say(f'{registry.count_params(config.model):,} parameters; writing to {workdir}')
 
@@ -269,13 +274,16 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
 
 
 def _data_iterator(config: ml_collections.ConfigDict, tokenizer: Any, local_rows: int,
-                   checkpointer: Checkpointer, resumed_step: int | None) -> DataIterator:
+                   checkpointer: Checkpointer, resumed_step: int | None,
+                   data_changed: bool = False) -> DataIterator:
   """This process's data iterator, at the record where checkpoint `resumed_step` left it.
 
   A checkpoint without this process's iterator state (another number of processes, or written
   before the state was saved) or with the state of another pipeline (the data config changed)
   either stops the run with one line or, with `data.on_process_count_change='restart'` (or
-  `train.allow_data_change`), starts a fresh data order seeded by (seed, step)."""
+  `train.allow_data_change`), starts a fresh data order seeded by (seed, step). So does a resume
+  on changed documents (`data_changed`, which `train.allow_data_change` let through): a saved
+  position in the old files means nothing in the new ones."""
   def build(seed):
     return DataIterator(build_pipeline(config.data, tokenizer, seed=seed,
                                        process_index=jax.process_index(),
@@ -286,6 +294,8 @@ def _data_iterator(config: ml_collections.ConfigDict, tokenizer: Any, local_rows
   if resumed_step is None:
     return data
   saved, reason = checkpointer.restore_data_state(resumed_step)
+  if saved is not None and data_changed:
+    saved, reason = None, f'the documents changed since checkpoint {resumed_step}'
   if saved is not None and saved.get('key') != data.pipeline.state_key:
     saved, reason = None, (f'checkpoint {resumed_step} holds the data loader state of another '
                            'data pipeline (the data.* config changed)')

@@ -16,8 +16,7 @@ import pytest
 
 from rlp_jax.config import base_config, validate_config
 from rlp_jax.data.hf_tokenizer import HFJsonTokenizer
-from rlp_jax.data.batches import DocumentBatches
-from rlp_jax.data.corpora import load_documents
+from rlp_jax.data.loader import DataIterator, build_pipeline
 from rlp_jax.data.tokenizer import build_tokenizer
 from rlp_jax.errors import ConfigError, DataError
 from rlp_jax.interop import hf_checkpoint
@@ -416,10 +415,12 @@ def test_train_starts_from_a_hugging_face_checkpoint(small_config, tmp_path, cap
   with open(result.metrics_path, encoding='utf-8') as f:
     first_loss = json.loads(f.readline())['ntp_loss']
 
+  # The run's first batch: the loader's, rebuilt with the same config (data/loader.py).
   tokenizer = build_tokenizer(config.tokenizer, config.data)
-  batches = DocumentBatches(load_documents(config.data), tokenizer, config.data.batch_size,
-                            config.data.seq_len, seed=config.seed)
-  batch = batches.batch(0)
+  data = DataIterator(build_pipeline(config.data, tokenizer, seed=config.seed, process_index=0,
+                                     process_count=1, local_rows=config.data.batch_size))
+  batch = data.next_batch()[0]
+  data.close()
   with torch.no_grad():
     logits = model(input_ids=torch.from_numpy(batch['tokens'].astype(np.int64)),
                    attention_mask=torch.from_numpy(batch['mask'].astype(np.int64))).logits

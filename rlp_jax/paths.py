@@ -31,7 +31,7 @@ from typing import IO, Union
 
 from etils import epath
 
-from rlp_jax.errors import UserInputError
+from rlp_jax.errors import DataError, UserInputError
 
 Path = epath.Path
 PathLike = Union[str, os.PathLike]
@@ -159,6 +159,21 @@ def glob(pattern: str, what: str) -> list[str]:
     raise UserInputError(f'{what} {pattern}: the bucket name cannot be a glob')
   base = f'{scheme}://' + '/'.join(parts[:first])
   return sorted(os.fspath(match) for match in as_path(base).glob(posixpath.join(*parts[first:])))
+
+
+def glob_files(pattern: str, what: str) -> list[str]:
+  """`glob`, with one-line errors naming `what`: a DataError when the listing fails (any backend's
+  error) or nothing matches; a UserInputError of `glob` (an unknown scheme, `**` in a URL) as it
+  is."""
+  try:
+    matches = glob(pattern, what)
+  except UserInputError:
+    raise
+  except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
+    raise DataError(f'{what}: cannot list {pattern}: {reason(e)}') from None
+  if not matches:
+    raise DataError(f'{what}: no file matches {pattern}')
+  return matches
 
 
 def write_atomically(path: PathLike, data: str | bytes) -> None:

@@ -284,3 +284,29 @@ def wait_for_processes(processes: Sequence[Any], timeout: float) -> list[str]:
   for process, output in zip(processes, outputs):
     assert process.returncode == 0, output[-4000:]
   return outputs
+
+
+# ---------------------------------------------------------------------------------------------
+# The Mamba2 state recurrence as a plain float64 numpy loop (the SSD scan's reference).
+
+
+def ssd_recurrence(x, dt, a, bb, cc, start=None, resets=None):
+  """(outputs y [B, L, H, P], states [B, L + 1, H, P, N]: the state after each prefix of 0..L
+  tokens) of h_t = exp(dt_t a) h_{t-1} + dt_t x_t ⊗ B_t, y_t = h_t C_t, heads grouped over the
+  B/C groups, from `start` (default zeros); `resets` [B, L] zeroes the state before token t."""
+  batch, length, heads, head_dim = x.shape
+  per_group = heads // bb.shape[2]
+  state_size = bb.shape[3]
+  y = np.zeros(x.shape)
+  states = np.zeros((batch, length + 1, heads, head_dim, state_size))
+  for b in range(batch):
+    s = np.zeros((heads, head_dim, state_size)) if start is None else np.array(start[b])
+    states[b, 0] = s
+    for t in range(length):
+      s = np.zeros_like(s) if resets is not None and resets[b, t] else s.copy()
+      for h in range(heads):
+        g = h // per_group
+        s[h] = np.exp(dt[b, t, h] * a[h]) * s[h] + dt[b, t, h] * np.outer(x[b, t, h], bb[b, t, g])
+        y[b, t, h] = s[h] @ cc[b, t, g]
+      states[b, t + 1] = s
+  return y, states

@@ -268,19 +268,8 @@ def test_ssd_scan_with_resets_is_the_recurrence_restarted_at_each_document():
   args = (as32(x), as32(dt), as32(a), as32(bb), as32(cc), 4)
   y, final, states = ssd_chunked_scan(*args, state_ends=jnp.asarray(ends, jnp.int32),
                                       resets=jnp.asarray(resets))
-  per_group = heads // groups
-  want_y, want_states = np.zeros(y.shape), np.zeros(states.shape)
-  for b in range(batch):
-    s = np.zeros((heads, head_dim, state))
-    history = [s]
-    for t in range(length):
-      s = np.zeros_like(s) if resets[b, t] else s.copy()
-      for h in range(heads):
-        g = h // per_group
-        s[h] = np.exp(dt[b, t, h] * a[h]) * s[h] + dt[b, t, h] * np.outer(x[b, t, h], bb[b, t, g])
-        want_y[b, t, h] = s[h] @ cc[b, t, g]
-      history.append(s)
-    want_states[b] = np.stack([history[end] for end in ends[b]])
+  want_y, history = helpers.ssd_recurrence(x, dt, a, bb, cc, resets=resets)
+  want_states = np.stack([history[b, ends[b]] for b in range(batch)])
   helpers.assert_close(y, want_y, 1e-5, 'outputs')
   helpers.assert_close(final, want_states[:, -1], 1e-5, 'final state')  # ends[:, -1] = L
   helpers.assert_close(states, want_states, 1e-5, 'states after prefixes')

@@ -31,7 +31,7 @@ import grain
 
 from rlp_jax import paths
 from rlp_jax.data.source_spec import BAD_RECORD_POLICIES
-from rlp_jax.errors import ConfigError, DataError, UserInputError
+from rlp_jax.errors import ConfigError, DataError
 
 TEXT_KINDS = ('.txt', '.jsonl')
 COMPRESSIONS = ('.gz', '.zst')
@@ -65,14 +65,7 @@ def list_shards(patterns: str, what: str = WHAT) -> list[str]:
     raise ConfigError(f'{what}: no path or glob given')
   found: set[str] = set()
   for pattern in parts:
-    try:
-      matches = paths.glob(pattern, what)
-    except UserInputError:
-      raise
-    except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
-      raise DataError(f'{what}: cannot list {pattern}: {paths.reason(e)}') from None
-    if not matches:
-      raise DataError(f'{what}: no file matches {pattern}')
+    matches = paths.glob_files(pattern, what)
     for path in matches:
       if not path.endswith(SUFFIXES):
         if paths.is_dir(path):

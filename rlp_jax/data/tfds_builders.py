@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 
 from rlp_jax import paths
 from rlp_jax.data import reasoning_corpus
-from rlp_jax.errors import ConfigError, DataError, UserInputError
+from rlp_jax.errors import ConfigError, DataError
 
 FILE_FORMAT = 'array_record'
 VALIDATION_FRACTION = 0.02
@@ -161,15 +161,7 @@ def resolve_files(patterns: Sequence[str] | str) -> list[str]:
     raise ConfigError('data.files is empty; give comma-separated .txt/.jsonl paths or globs')
   files: list[str] = []
   for pattern in patterns:
-    try:
-      matches = paths.glob(pattern, 'data.files')
-    except UserInputError:
-      raise
-    except Exception as e:  # pylint: disable=broad-exception-caught  # any backend's error
-      raise DataError(f'data.files: cannot list {pattern}: {paths.reason(e)}') from None
-    if not matches:
-      raise DataError(f'data.files: no file matches {pattern}')
-    for path in matches:
+    for path in paths.glob_files(pattern, 'data.files'):
       if paths.is_dir(path):
         raise DataError(f'data.files: {path} is a directory; use a glob such as {path}/*.txt')
       if not path.endswith(LOCAL_TEXT_SUFFIXES):

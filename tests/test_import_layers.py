@@ -15,6 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'rlp_jax'
 LAYERS = ('errors', 'paths', 'parallel', 'data', 'models', 'objective', 'rollout', 'config',
           'interop', 'eval', 'train', 'entry')
 ENTRY_POINTS = {'rlp_jax.main', 'rlp_jax.dry_run', 'rlp_jax.cli', 'rlp_jax.eval.__main__',
+                'rlp_jax.api', 'rlp_jax.inspect',
                 'rlp_jax.config.__main__', 'rlp_jax'}
 
 

@@ -66,9 +66,7 @@ class DocumentBatches:
     """[bos] + encode(document) + [eos] of document `index`, cut to seq_len (cached)."""
     row = self._rows.get(index)
     if row is None:
-      tok = self._tokenizer
-      ids = [tok.bos_id] + tok.encode(self._documents[index]) + [tok.eos_id]
-      row = np.asarray(ids[:self.seq_len], dtype=np.int32)
+      row = document_row(self._tokenizer, self._documents[index], self.seq_len)
       self._rows[index] = row
       if len(self._rows) > self._cache_size:
         self._rows.popitem(last=False)
@@ -88,10 +86,21 @@ class DocumentBatches:
       if rows.ndim != 1 or np.any((rows < 0) | (rows >= self.batch_size)):
         raise ValueError(f'rows must index the batch of {self.batch_size}, got {rows.tolist()}')
       indices = indices[rows]
-    tokens = np.full((len(indices), self.seq_len), self._tokenizer.pad_id, dtype=np.int32)
-    mask = np.zeros((len(indices), self.seq_len), dtype=np.bool_)
-    for row, index in enumerate(indices):
-      ids = self.document_tokens(int(index))
-      tokens[row, :len(ids)] = ids
-      mask[row, :len(ids)] = True
-    return {'tokens': tokens, 'mask': mask}
+    return padded_rows([self.document_tokens(int(index)) for index in indices], self.seq_len,
+                       self._tokenizer.pad_id)
+
+
+def document_row(tokenizer: Tokenizer, text: str, seq_len: int) -> np.ndarray:
+  """[bos] + encode(text) + [eos], cut to `seq_len`: one document as a training row holds it."""
+  ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
+  return np.asarray(ids[:seq_len], dtype=np.int32)
+
+
+def padded_rows(rows: Sequence[np.ndarray], seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+  """tokens int32[n, seq_len] (`pad_id` after each row) and mask bool[n, seq_len]."""
+  tokens = np.full((len(rows), seq_len), pad_id, dtype=np.int32)
+  mask = np.zeros((len(rows), seq_len), dtype=np.bool_)
+  for i, ids in enumerate(rows):
+    tokens[i, :len(ids)] = ids
+    mask[i, :len(ids)] = True
+  return {'tokens': tokens, 'mask': mask}

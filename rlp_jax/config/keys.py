@@ -206,6 +206,16 @@ KEYS: tuple[Key, ...] = (
         'gradient norm or update', bounds=POSITIVE),
     Key('train.eval_every', 0, 'run the evaluator (config.eval) every N batches and at the end; '
         '0: never', bounds=NON_NEGATIVE),
+    Key('train.sample_every', 50, 'write thought samples (context tail, thought, next token, '
+        'S_pred, S_ema, reward, advantage) to thoughts.jsonl and TensorBoard every N batches and '
+        'at the end (docs/inspect.md); 0: never', bounds=NON_NEGATIVE),
+    Key('train.sample_count', 4, 'thought samples: scored positions shown, each from another '
+        'document of the batch', bounds=POSITIVE),
+    Key('train.sample_thoughts', 2, 'thought samples: thoughts shown per position (the first of '
+        'its group of rlp.thoughts_per_position; 2 or more show the group contrast)',
+        bounds=POSITIVE),
+    Key('train.sample_context_tokens', 32, 'thought samples: tokens of the context shown before '
+        'the thought', bounds=POSITIVE),
 
     Key('eval.num_documents', 64, 'held-out documents (validation split) for next-token loss '
         'and gain', bounds=NON_NEGATIVE),

@@ -30,6 +30,12 @@ class Rollout:
   old_log_probs: jax.Array  # float32 [R, T]: sampling-distribution log-probs under θ_old
   advantages: jax.Array  # float32 [R]
   metrics: dict[str, jax.Array]
+  # Per-row values the updates do not read: the thought samples of `train.sample_every`
+  # (train/thought_samples.py) show them. None only in a Rollout built by hand (bench/).
+  s_pred: jax.Array | None = None  # float32 [R]: log p_θold(x_t | x_<t, <think> c </think>)
+  s_ema: jax.Array | None = None  # float32 [R]: log p_φ(x_t | x_<t), repeated over the group
+  reward: jax.Array | None = None  # float32 [R]: S_pred − S_ema
+  row_valid: jax.Array | None = None  # bool [R]: the row's position was scored (not skipped)
 
 
 def _masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -68,7 +74,8 @@ def finish_rollout(sequences: ScoredSequences, thoughts: Thoughts, s_pred: jax.A
       'thought_tokens': jnp.sum(thoughts.mask & row_valid[:, None]).astype(jnp.float32),
   }
   return Rollout(sequences=sequences, thought_mask=thoughts.mask & row_valid[:, None],
-                 old_log_probs=thoughts.log_probs, advantages=advantages, metrics=metrics)
+                 old_log_probs=thoughts.log_probs, advantages=advantages, metrics=metrics,
+                 s_pred=s_pred, s_ema=s_ema, reward=reward, row_valid=row_valid)
 
 
 def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Array, batch: Batch,

@@ -46,6 +46,8 @@ from rlp_jax.train.optimizer import make_optimizer
 from rlp_jax.data.special_tokens import special_tokens
 from rlp_jax.train.rlp_step import make_rlp_step
 from rlp_jax.train.state import TrainState
+from rlp_jax.train.sample_text import samples_markdown
+from rlp_jax.train.thought_samples import thought_sampler
 from rlp_jax.train.ntp_step import make_ntp_step
 from rlp_jax.train.run_identity import check_resume, run_identity
 
@@ -201,6 +203,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
     train_step = _timed(make_ntp_step(graphdef, tx, schedule, state_sharding,
                                         config.mesh.rules), count_tokens, flops_n)
   evaluator = _make_evaluator(config, graphdef, tokenizer)
+  # train.sample_every: a few rollout rows as text (train/thought_samples.py), read by process 0.
+  sampler = thought_sampler(config.train, config.rlp, tokenizer) if is_primary_process() else None
   history = []
   last_step = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
   step = first_step
@@ -217,9 +221,17 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
       started = time.perf_counter()
       local_batch, data_stats = data.next_batch()  # `data_wait_s`: how long this waited
       batch = put_batch(local_batch, documents_sharding, config.data.batch_size)
-      state, metrics = train_step(state, batch)
+      samples = []
+      if sampler is not None and sampler.due(step + 1, num_steps):
+        sample_step = step + 1
+        state, metrics = train_step(state, batch, inspect_rollout=lambda rollout: samples.extend(
+            sampler.rows(rollout, batch, sample_step)))
+      else:
+        state, metrics = train_step(state, batch)
       metrics.update(data_stats, step_s=time.perf_counter() - started)
       step += 1
+      if samples:
+        writer.write_samples(step, samples, samples_markdown(samples))
       history.append(metrics)
       nonfinite_in_a_row = nonfinite_in_a_row + 1 if metrics['nonfinite_step'] else 0
       diverged = nonfinite_in_a_row >= config.train.max_nonfinite_steps
@@ -266,6 +278,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
   for line in run_summary(history):
     say(line)
   say(f'metrics:     {writer.jsonl_path}')
+  if sampler is not None:
+    say(f'thoughts:    {writer.samples_path} (python -m rlp_jax.inspect --workdir={workdir})')
   say(f'tensorboard: {writer.tensorboard_dir}')
   say(f'checkpoints: {checkpointer.directory} (steps {checkpointer.all_steps()})')
   return TrainResult(state=state, workdir=workdir, metrics_path=writer.jsonl_path,
@@ -360,8 +374,11 @@ def _timed(train_step, count_tokens, flops_n: int):
 def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
                     thoughts_per_position: int, flops_n: int,
                     state: TrainState, batch: dict[str, Any],
+                    inspect_rollout: Callable[[Any], None] | None = None,
                     ) -> tuple[TrainState, dict[str, float]]:
-  """One rollout, then `updates_per_batch` updates on it; update metrics averaged over them."""
+  """One rollout, then `updates_per_batch` updates on it; update metrics averaged over them.
+  `inspect_rollout(rollout)` runs after the updates (outside the timed spans): the thought
+  samples."""
   start = time.perf_counter()
   state, rollout = rollout_fn(state, batch)
   rollout_metrics = jax.device_get(rollout.metrics)
@@ -372,6 +389,8 @@ def _rlp_train_step(rollout_fn, update_fn, updates_per_batch: int, count_tokens,
     state, update_metrics = update_fn(state, batch, rollout)
     per_update.append(jax.device_get(update_metrics))
   update_seconds = time.perf_counter() - start
+  if inspect_rollout is not None:
+    inspect_rollout(rollout)
   metrics = {k: float(v) for k, v in rollout_metrics.items()}
   for name in per_update[0]:
     metrics[name] = float(np.mean([m[name] for m in per_update]))

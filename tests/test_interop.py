@@ -317,11 +317,13 @@ def test_unsupported_hf_configs_are_data_errors(tmp_path):
 # 4. model.init_from and the export command.
 
 
-def save_run_checkpoints(workdir, config, params_by_step, tokenizer_path=''):
-  """A workdir as train() leaves it: config.json and train states at the given steps."""
+def save_run_checkpoints(workdir, config, params_by_step, tokenizer_path='', run_config=None):
+  """A workdir as train() leaves it: config.json (`run_config`, default `base_config()` with model
+  `config`) and train states at the given steps."""
   os.makedirs(workdir, exist_ok=True)
-  run_config = base_config()
-  run_config.model = config
+  if run_config is None:
+    run_config = base_config()
+    run_config.model = config
   if tokenizer_path:
     run_config.tokenizer.update(dict(kind='hf_json', path=tokenizer_path))
   with open(os.path.join(workdir, 'config.json'), 'w', encoding='utf-8') as f:

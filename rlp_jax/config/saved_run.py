@@ -34,23 +34,26 @@ def read_saved_config(workdir: str) -> dict[str, Any]:
 
 
 def saved_run_config(workdir: str, groups: tuple[str, ...] | None = None,
-                     ) -> ml_collections.ConfigDict:
-  """`base_config()` with the values `workdir`/config.json holds (all groups, or `groups`)."""
+                     lenient: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """`base_config()` with the values `workdir`/config.json holds (all groups, or `groups`).
+
+  A key this version does not declare is a ConfigError naming it, except in the `lenient` groups,
+  where it is left out (a reader that needs only some of their keys)."""
   saved = read_saved_config(workdir)
   path = paths.join(workdir, CONFIG_FILE)
   config = base_config()
   for group, values in saved.items():
     if groups is not None and group not in groups:
       continue
-    if not isinstance(values, dict):
-      if group not in config:
-        raise ConfigError(f'{path}: unknown key `{group}`')
-      config[group] = values
-      continue
     if group not in config:
       raise ConfigError(f'{path}: unknown key `{group}`')
+    if not isinstance(values, dict):
+      config[group] = values
+      continue
     for key, value in values.items():
       if key not in config[group]:
+        if group in lenient:
+          continue
         raise ConfigError(f'{path}: unknown key `{group}.{key}`')
       if isinstance(config[group][key], tuple) and isinstance(value, list):
         value = _as_tuple(value)  # JSON has no tuples (e.g. `mesh.rules`)

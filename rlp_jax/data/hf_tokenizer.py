@@ -142,6 +142,10 @@ class HFJsonTokenizer:
     """The id of a vocabulary or added token, None if absent."""
     return self._tokenizer.token_to_id(token)
 
+  def token_text(self, token_id: int) -> str | None:
+    """The vocabulary or added token of an id, None if absent."""
+    return self._tokenizer.id_to_token(token_id)
+
   def encode(self, text: str) -> list[int]:
     return self._tokenizer.encode(text, add_special_tokens=False).ids
 

@@ -33,6 +33,7 @@ from rlp_jax.interop.safetensors_io import SafetensorsReader, has_safetensors, w
 from rlp_jax.models import registry
 from rlp_jax.models.family import HFNames
 from rlp_jax.models.layer_stack import is_scanned_tree, unrolled_params
+from rlp_jax.models.hf_names.config_json import merged_config_json
 from rlp_jax.models.hf_names.tensor_map import (TensorMapping, check_covers, get_at,
                                                 path_to_string, set_at)
 
@@ -85,8 +86,14 @@ def model_config_from_hf(hf_dir: str) -> dict[str, Any]:
 _COMPUTE_CHOICES = ('mamba_chunk_size',)
 
 
-def check_model_config_matches(model_config: Any, hf_dir: str) -> None:
-  """ConfigError naming the first `model.*` key that differs from the checkpoint's config.json."""
+def check_model_config_matches(model_config: Any, hf_dir: str,
+                               tensor_names: set[str] | None = None) -> None:
+  """ConfigError naming the first `model.*` key that differs from the checkpoint's config.json.
+
+  A checkpoint whose config.json says tied also loads untied when transformers computes with its
+  stored head (the family exports a tied head as a copy: NemotronH) and it stores every tensor of
+  the untied model (`tensor_names`, when given).
+  """
   expected = model_config_from_hf(hf_dir)
   for key, value in expected.items():
     if key in _COMPUTE_CHOICES:
@@ -94,9 +101,22 @@ def check_model_config_matches(model_config: Any, hf_dir: str) -> None:
     ours = model_config[key]
     same = (math.isclose(float(ours), float(value), rel_tol=1e-9)
             if isinstance(value, float) else ours == value)
+    if key == 'tie_embeddings' and value and not ours and tensor_names is not None:
+      same = _loads_untied(model_config, tensor_names)
     if not same:
       raise ConfigError(f'config key `model.{key}` is {ours!r} but the checkpoint {hf_dir} has '
                         f'{value!r} (set --config.model.{key}={value})')
+
+
+def _loads_untied(model_config: Any, tensor_names: set[str]) -> bool:
+  """Whether a checkpoint of `tensor_names` whose config.json says tied loads into the untied
+  `model_config` (see check_model_config_matches)."""
+  hf = hf_names_of(model_config)
+  tied = model_config.copy_and_resolve_references()
+  tied.tie_embeddings = True
+  head_copies = [m for m in hf.mappings(tied) if m.copy]
+  return bool(head_copies) and all(_resolve_name(m.hf_name, tensor_names, hf) is not None
+                                   for m in hf.mappings(model_config))
 
 
 class TensorSource(Protocol):
@@ -144,7 +164,7 @@ class InMemoryTensors:
     return np.asarray(self._tensors[name])[box]
 
 
-def _resolve_name(name: str, source: TensorSource, hf: HFNames) -> str | None:
+def _resolve_name(name: str, source: TensorSource | set[str], hf: HFNames) -> str | None:
   if name in source:
     return name
   for stored, alternative in hf.prefix_aliases:
@@ -165,7 +185,7 @@ def load_hf_params(hf_dir: str, model_config: Any, shardings: Params | None = No
   """
   with SafetensorsReader(hf_dir) as reader:
     if paths.is_file(paths.join(reader.directory, CONFIG_FILE)):
-      check_model_config_matches(model_config, reader.directory)
+      check_model_config_matches(model_config, reader.directory, set(reader.names()))
     return params_from_tensors(reader, model_config, shardings)
 
 
@@ -179,29 +199,47 @@ def params_from_tensors(source: TensorSource | Mapping[str, Any], model_config: 
   mappings = hf.mappings(model_config)
   check_covers(mappings, abstract, hf.model_type)
   names = {m.hf_name: _resolve_name(m.hf_name, source, hf) for m in mappings}
-  missing = [name for name, found in names.items() if found is None]
+  missing = [m.hf_name for m in mappings if names[m.hf_name] is None and not m.copy]
   if missing:
     raise DataError(f'tensor {missing[0]} is missing from the checkpoint in {source.directory}'
                     + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+  present = [m for m in mappings if names[m.hf_name] is not None]
   unexpected = sorted(set(source.names()) - set(names.values()) - hf.ignored(model_config))
   if unexpected:
     raise DataError(f'{len(unexpected)} tensors in {source.directory} have no place in the '
                     f'{model_config.family} model (first: {unexpected[0]} in '
                     f'{source.file_of(unexpected[0])}); does the model config match the '
                     'checkpoint (e.g. model.tie_embeddings, model.num_layers)?')
-  for m in mappings:  # every shape, from the headers, before reading any data
+  for m in present:  # every shape, from the headers, before reading any data
     name, expected = names[m.hf_name], m.hf_shape(abstract)
     found = source.shape(name)
     if found != expected:
       raise DataError(f'tensor {name} in {source.file_of(name)} has shape {list(found)}, '
                       f'expected {list(expected)} for '
                       f'{", ".join(map(path_to_string, m.param_paths))} of the configured model')
+  for m in present:
+    if m.copy:
+      _check_copy(source, names, m, mappings)
   params: Params = {}
   for m in mappings:
+    if m.copy:
+      continue
     for part, (path, _) in enumerate(m.parts):
       sharding = None if shardings is None else get_at(shardings, path)
       set_at(params, path, _read_param(source, names[m.hf_name], m, part, abstract, sharding))
   return _in_tree_order(abstract, params)
+
+
+def _check_copy(source: TensorSource, names: dict[str, str | None], copy: TensorMapping,
+                mappings: list[TensorMapping]) -> None:
+  """DataError unless the stored copy `copy` equals the tensor of the mapping that holds its
+  parameter (as stored: both read whole, in the file's dtype)."""
+  original = next(m for m in mappings if not m.copy and m.parts == copy.parts)
+  name, original_name = names[copy.hf_name], names[original.hf_name]
+  if not np.array_equal(source.read(name), source.read(original_name)):
+    raise DataError(f'{name} in {source.file_of(name)} differs from {original_name}: the '
+                    f'checkpoint computes with its own {name}, which the configured tied model '
+                    'cannot hold (set model.tie_embeddings=False to load both)')
 
 
 def _read_param(source: TensorSource, name: str, mapping: TensorMapping, part: int,
@@ -260,13 +298,17 @@ def parse_size(size: int | str | None) -> int | None:
 def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
                          dtype: str | None = None,
                          max_shard_size: int | str | None = '5GB',
-                         extra_config: Mapping[str, Any] | None = None) -> list[str]:
+                         extra_config: Mapping[str, Any] | None = None,
+                         source_config: Mapping[str, Any] | None = None) -> list[str]:
   """Writes `params` as a HF checkpoint (`from_pretrained` loads it): config.json + safetensors.
 
   `dtype` ('float32' | 'bfloat16'; default: the params' own) is the stored dtype. Checkpoints over
-  `max_shard_size` are sharded with `model.safetensors.index.json`. Tensors are fetched from the
-  devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`). `out_dir` is
-  local or a URL (gs://...). Returns the written file names.
+  `max_shard_size` are sharded with `model.safetensors.index.json`; the weight files of an earlier
+  export there are replaced (safetensors_io.write_safetensors). Tensors are fetched from the
+  devices one at a time. `extra_config` adds config.json keys (e.g. `eos_token_id`);
+  `source_config` is the config.json of the checkpoint the run started from, whose keys the
+  export keeps (models/hf_names/config_json.py). `out_dir` is local or a URL (gs://...). Returns
+  the written file names.
   """
   if is_scanned_tree(params):  # HF checkpoints hold one tensor per layer: the unrolled layout
     params = unrolled_params(params, registry.layer_plan(model_config))
@@ -292,5 +334,6 @@ def export_hf_checkpoint(params: Params, model_config: Any, out_dir: str,
   torch_dtype = 'bfloat16' if stored == np.dtype(ml_dtypes.bfloat16) else 'float32'
   hf_config = hf.hf_config(model_config, torch_dtype)
   hf_config.update(extra_config or {})
+  hf_config = merged_config_json(hf_config, source_config)
   paths.write_atomically(paths.join(out_dir, CONFIG_FILE), json.dumps(hf_config, indent=2))
   return [CONFIG_FILE] + files

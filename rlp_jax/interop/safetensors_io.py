@@ -18,13 +18,17 @@ held in memory twice and a process can read just the slices its devices hold:
 
 `write_safetensors` writes tensors produced one at a time into a single file or into shards of
 bounded size with the index transformers expects; at a URL each file is serialised in memory
-(`safetensors.numpy.save`) and written as one object.
+(`safetensors.numpy.save`) and written as one object. The weight files of an earlier export in
+the same directory (`model.safetensors`, `model-NNNNN-of-NNNNN.safetensors`, the index; no other
+file) are removed first: transformers prefers a single file to an index, so one left beside new
+shards would be what it loads.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 import json
 import math
+import re
 import struct
 import threading
 from typing import Any
@@ -41,6 +45,9 @@ from rlp_jax.interop.param_slices import flat_runs
 SINGLE_FILE = 'model.safetensors'
 INDEX_FILE = 'model.safetensors.index.json'
 _MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+# The names transformers gives the weight files of a checkpoint (what a re-export replaces).
+_WEIGHT_FILE = re.compile(r'^model(-\d{5}-of-\d{5})?\.safetensors$'
+                          r'|^model\.safetensors\.index\.json$')
 
 _DTYPES = {
     'F64': np.dtype(np.float64), 'F32': np.dtype(np.float32), 'F16': np.dtype(np.float16),
@@ -294,7 +301,7 @@ def write_safetensors(directory: str, specs: Iterable[tuple[str, tuple[int, ...]
   `specs` gives (name, shape, numpy dtype) for every tensor, in file order, so the shard layout is
   known before any data is produced; `produce(name)` returns one tensor at a time, so at most one
   shard is in memory (at a URL twice: its tensors and its serialised bytes). `directory` is local
-  or a URL. Returns the written file names.
+  or a URL. Returns the names of the written weight files (the index left out).
   """
   specs = list(specs)
   expected = {name: (tuple(shape), np.dtype(dtype)) for name, shape, dtype in specs}
@@ -302,6 +309,7 @@ def write_safetensors(directory: str, specs: Iterable[tuple[str, tuple[int, ...]
   shards = _shard_plan(sizes, max_shard_bytes)
   url = paths.is_url(directory)
   paths.makedirs(directory)
+  remove_weight_files(directory)
   if len(shards) == 1:
     files = [SINGLE_FILE]
   else:
@@ -321,10 +329,17 @@ def write_safetensors(directory: str, specs: Iterable[tuple[str, tuple[int, ...]
     else:
       save_file(tensors, target, metadata={'format': 'pt'})
     del tensors
-  index_path = paths.join(directory, INDEX_FILE)
-  if len(files) > 1:
+  if len(files) > 1:  # last: a directory whose export stopped early has no index to load
     index = {'metadata': {'total_size': sum(size for _, size in sizes)}, 'weight_map': weight_map}
-    paths.write_atomically(index_path, json.dumps(index, indent=2))
-  elif paths.exists(index_path):
-    paths.remove(index_path)  # a stale index would shadow the single file
+    paths.write_atomically(paths.join(directory, INDEX_FILE), json.dumps(index, indent=2))
   return files
+
+
+def remove_weight_files(directory: str) -> list[str]:
+  """Removes the safetensors weight files (single file, shards, index) in `directory`, and only
+  those; returns their names."""
+  names = sorted(path.name for path in paths.as_path(directory).iterdir()
+                 if _WEIGHT_FILE.match(path.name))
+  for name in names:
+    paths.remove(paths.join(directory, name))
+  return names

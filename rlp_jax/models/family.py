@@ -30,7 +30,9 @@ class HFNames:
   model_type: str  # config.json `model_type`
   architecture: str  # config.json `architectures[0]`
   mappings: Callable[[ModelConfig], list[TensorMapping]]  # one per HF tensor, covering every leaf
-  hf_config: Callable[[ModelConfig, str], dict[str, Any]]  # (model config, torch dtype) → json
+  # (model config, torch dtype) → config.json; export lays it over the source checkpoint's
+  # config.json when the run started from one (hf_names/config_json.py).
+  hf_config: Callable[[ModelConfig, str], dict[str, Any]]
   model_keys: Callable[[dict[str, Any], str], dict[str, Any]]  # (config.json, where) → model.*
   # Tensors a checkpoint may hold that the model does not use (e.g. a tied head stored too).
   ignored: Callable[[ModelConfig], set[str]] = _no_ignored_tensors

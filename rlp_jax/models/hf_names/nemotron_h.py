@@ -14,8 +14,12 @@ loads them. Both spellings are read; exports write `backbone.` (the published la
   '*' mixer.{q,k,v,o}_proj.weight            mixer/{q,k,v,o}_proj/kernel (no q/k norm, no RoPE)
   '-' mixer.{up,down}_proj.weight            mixer/{up,down}_proj/kernel
   backbone.norm_f.weight                     final_norm/scale
-  lm_head.weight                             lm_head/kernel [E, V]
+  lm_head.weight                             lm_head/kernel [E, V]; tied: a copy of the embedding
 (I = H·P Mamba inner size, G groups, N state size, K conv kernel.)
+
+transformers' NemotronH never ties the head to the embedding (it computes with `lm_head.weight`
+whatever `tie_word_embeddings` says), so a tied model is exported with `lm_head.weight` = the
+embedding; on load that copy may be absent, and when present must equal the embedding.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from typing import Any
 from rlp_jax.errors import DataError
 from rlp_jax.models.family import HFNames
 from rlp_jax.models.hf_names.tensor_map import (ConvKernel, Flattened, LinearKernel,
-                                                TensorMapping, fused, one)
+                                                TensorMapping, copy_of, fused, one)
 
 MODEL_TYPE = 'nemotron_h'
 ARCHITECTURE = 'NemotronHForCausalLM'
@@ -73,7 +77,9 @@ def nemotron_h_mappings(model_config: Any) -> list[TensorMapping]:
     else:
       mappings += [one(f'{hf}mixer.{name}.weight', mixer + (name, 'kernel'), LinearKernel())
                    for name in ('up_proj', 'down_proj')]
-  if not model_config.tie_embeddings:
+  if model_config.tie_embeddings:
+    mappings.append(copy_of('lm_head.weight', ('token_embedding', 'embedding')))
+  else:
     mappings.append(one('lm_head.weight', ('lm_head', 'kernel'), LinearKernel()))
   return mappings
 
@@ -81,9 +87,14 @@ def nemotron_h_mappings(model_config: Any) -> list[TensorMapping]:
 def nemotron_h_hf_config(model_config: Any, torch_dtype: str) -> dict[str, Any]:
   """config.json of the equivalent NemotronHForCausalLM, in the published layout.
 
-  The dt clamp is written as `time_step_limit` (what the published checkpoints and the original
-  Mamba2 kernels use). transformers 5.24 clamps from below at `time_step_min` instead, so that is
-  set to the lower limit when it is positive (else to the published 0.001).
+  The dt clamp: the published checkpoints and the mamba_ssm kernels read `time_step_limit`
+  (min, max); transformers 5 ignores it and clamps the prefill's dt (its chunked scan, and the
+  kernels' dt_limit) from below at `time_step_min`, its decode steps not at all. So both are
+  written: `time_step_limit` = (min, max) and `time_step_min` = min, 0 included (the model's own
+  floor: a dt under transformers' default 0.001 is kept, as in rlp_jax). `time_step_max` and
+  `time_step_floor` only shape transformers' initialisation of a dt_bias a checkpoint lacks.
+  transformers applies no upper clamp: a finite `model.mamba_dt_limit_max` is exported in
+  `time_step_limit` only.
   """
   c = model_config
   dt_min, dt_max = float(c.mamba_dt_limit_min), float(c.mamba_dt_limit_max)
@@ -112,7 +123,7 @@ def nemotron_h_hf_config(model_config: Any, torch_dtype: str) -> dict[str, Any]:
       'chunk_size': int(c.mamba_chunk_size),
       'expand': 2,
       'time_step_limit': [dt_min, dt_max],
-      'time_step_min': dt_min if dt_min > 0 else 0.001,
+      'time_step_min': dt_min,
       'time_step_max': 0.1,
       'time_step_floor': 1e-4,
       'layer_norm_epsilon': float(c.norm_eps),

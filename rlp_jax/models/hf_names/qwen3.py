@@ -57,7 +57,10 @@ def qwen3_ignored_tensors(model_config: Any) -> set[str]:
 
 
 def qwen3_hf_config(model_config: Any, torch_dtype: str) -> dict[str, Any]:
-  """The config.json of the equivalent Qwen3ForCausalLM (the layout of the published Qwen3 ones)."""
+  """The config.json of the equivalent Qwen3ForCausalLM (the layout of the published Qwen3 ones).
+
+  No `max_position_embeddings`: the model has no length limit of its own; the export writes the
+  source checkpoint's or the run's (interop/export.py)."""
   c = model_config
   return {
       'architectures': [ARCHITECTURE],
@@ -78,8 +81,7 @@ def qwen3_hf_config(model_config: Any, torch_dtype: str) -> dict[str, Any]:
       'attention_dropout': 0.0,
       'use_sliding_window': False,
       'sliding_window': None,
-      'max_window_layers': int(c.num_layers),
-      'max_position_embeddings': 32768,
+      'max_window_layers': int(c.num_layers),  # no sliding window: descriptive only
       'initializer_range': float(c.init_std),
       'use_cache': True,
       'torch_dtype': torch_dtype,

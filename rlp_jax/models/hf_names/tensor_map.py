@@ -91,10 +91,16 @@ class Flattened:
 @dataclasses.dataclass(frozen=True)
 class TensorMapping:
   """HF tensor `hf_name` holds the parameters of `parts` ((path, layout) pairs); with several
-  parts (a fused HF projection) their HF-layout tensors are concatenated along `axis`."""
+  parts (a fused HF projection) their HF-layout tensors are concatenated along `axis`.
+
+  A `copy` holds a parameter another mapping already holds (a tied head written for readers that
+  do not tie, such as transformers' NemotronH): written on export; on load optional, and when
+  present it must equal what the other mapping loads. `check_covers` does not count it.
+  """
   hf_name: str
   parts: tuple[tuple[ParamPath, Layout], ...]
   axis: int = 0
+  copy: bool = False
 
   @property
   def param_paths(self) -> list[ParamPath]:
@@ -123,6 +129,11 @@ class TensorMapping:
 def one(hf_name: str, param_path: ParamPath, layout: Layout = Same()) -> TensorMapping:
   """A HF tensor holding exactly one parameter."""
   return TensorMapping(hf_name, ((tuple(param_path), layout),))
+
+
+def copy_of(hf_name: str, param_path: ParamPath, layout: Layout = Same()) -> TensorMapping:
+  """A HF tensor holding a second copy of a parameter (see `TensorMapping.copy`)."""
+  return TensorMapping(hf_name, ((tuple(param_path), layout),), copy=True)
 
 
 def fused(hf_name: str, parts: list[tuple[ParamPath, Layout]], axis: int = 0) -> TensorMapping:
@@ -157,11 +168,12 @@ def leaf_paths(tree: Any, prefix: ParamPath = ()) -> list[ParamPath]:
 
 
 def check_covers(mappings: list[TensorMapping], params: dict, family: str) -> None:
-  """Every parameter leaf has exactly one mapping and every mapping names a leaf (a bug if not)."""
-  mapped = [path for m in mappings for path in m.param_paths]
+  """Every parameter leaf has exactly one mapping (copies aside) and every mapping names a leaf
+  (a bug if not)."""
+  mapped = [path for m in mappings if not m.copy for path in m.param_paths]
   leaves = set(leaf_paths(params))
   missing = leaves - set(mapped)
-  extra = set(mapped) - leaves
+  extra = {path for m in mappings for path in m.param_paths} - leaves
   if missing or extra or len(mapped) != len(set(mapped)):
     raise AssertionError(
         f'{family} tensor names do not match the parameter tree: unmapped '

@@ -1,4 +1,9 @@
-"""Shared fixtures: a small config whose corpus and tokenizer are built once per test session."""
+"""Shared fixtures: a small config whose corpus and tokenizer are built once per test session;
+a compilation cache shared by the session's in-process tests."""
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from rlp_jax.config import base_config
@@ -33,6 +38,9 @@ def small_config(shared_data_dir):
   return config
 
 
+_JIT_CACHE = pytest.StashKey[str]()
+
+
 def pytest_addoption(parser):
   parser.addoption('--pod', action='store_true',
                    help='also run the full-depth dry runs of the pod recipes (marker `pod`; '
@@ -46,3 +54,25 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'pod' in item.keywords:
       item.add_marker(skip)
+
+
+def pytest_configure(config):
+  """One persistent JAX compilation cache for the session's in-process tests (`jax.config`, not
+  the environment: subprocess tests compile for themselves). Many tests build the same small
+  model and step: the second one loads the executable instead of compiling it again. Programs are
+  keyed by their HLO, compile options and devices, so a hit is the same executable. Set
+  RLP_JAX_TEST_JIT_CACHE=0 to compile everything afresh."""
+  if os.environ.get('RLP_JAX_TEST_JIT_CACHE', '1') == '0':
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  directory = tempfile.mkdtemp(prefix='rlp_jax_test_jit_cache_')
+  config.stash[_JIT_CACHE] = directory
+  jax.config.update('jax_compilation_cache_dir', directory)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+
+def pytest_unconfigure(config):
+  directory = config.stash.get(_JIT_CACHE, None)
+  if directory:
+    shutil.rmtree(directory, ignore_errors=True)

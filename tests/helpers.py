@@ -43,7 +43,8 @@ def load_config(name_or_path: str) -> ml_collections.ConfigDict:
 
 def shipped_config_names() -> list[str]:
   """The names of the config files under configs/, sorted (without .py)."""
-  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR) if name.endswith('.py'))
+  return sorted(name[:-3] for name in os.listdir(CONFIGS_DIR)
+                if name.endswith('.py') and not name.startswith('_'))
 
 
 # ---------------------------------------------------------------------------------------------

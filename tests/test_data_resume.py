@@ -7,6 +7,10 @@ worker processes. The run is the command line on one process, next-token steps o
 model (the data path is what is tested; tests/test_multiprocess.py does the same with 2
 processes). Compared: every metric of every step except the wall-clock ones (the losses differ
 if a single token of a batch differs), and every array of the final checkpoint.
+
+The three runs of the kill -9 test compile the same programs, so they share one persistent
+compilation cache: the first compiles, the others load the executables (the kill comes after
+every compile, and a loaded executable is the compiled one).
 """
 import gzip
 import json
@@ -57,11 +61,14 @@ def command(workdir, data_dir, shards):
           + [f'--config.{key}={value}' for key, value in overrides.items()])
 
 
-def run(workdir, data_dir, shards, signal_at=None):
+def run(workdir, data_dir, shards, signal_at=None, cache=None):
   """(exit status, output, whether processes of the run outlived it by 10 s: its loader workers
   must not). The run is a session of its own, so that its workers can be found and, if a test
-  fails, killed."""
+  fails, killed. `cache`: a persistent compilation cache directory."""
   env = {key: value for key, value in os.environ.items() if key != 'RLP_JAX_SIGNAL_AT'}
+  if cache:
+    env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
   if signal_at:
     env['RLP_JAX_SIGNAL_AT'] = signal_at
   log = f'{workdir}.log'
@@ -105,17 +112,18 @@ def test_kill_9_then_resume_trains_on_the_batches_of_an_uninterrupted_run(tmp_pa
                                                                          shared_data_dir):
   shards = write_shards(str(tmp_path / 'corpus'))
   reference_dir, killed_dir = str(tmp_path / 'uninterrupted'), str(tmp_path / 'killed')
-  status, output, _ = run(reference_dir, shared_data_dir, shards)
+  cache = str(tmp_path / 'jax_compilation_cache')
+  status, output, _ = run(reference_dir, shared_data_dir, shards, cache=cache)
   assert status == 0, output[-3000:]
 
   # SIGKILL right after step 5's checkpoint decision: step 4's save may or may not be complete
   # (asynchronous), so the resume starts from step 4 or step 2; either way it must replay the
   # same batches. The loader's worker processes must not outlive the killed run.
   status, output, outlived = run(killed_dir, shared_data_dir, shards,
-                                 signal_at='after_save_check@5:SIGKILL')
+                                 signal_at='after_save_check@5:SIGKILL', cache=cache)
   assert status == -signal.SIGKILL, output[-3000:]
   assert not outlived, 'the loader workers outlived the killed run'
-  status, output, _ = run(killed_dir, shared_data_dir, shards)
+  status, output, _ = run(killed_dir, shared_data_dir, shards, cache=cache)
   assert status == 0, output[-3000:]
   assert 'resumed from' in output and 'done at step 8' in output, output[-3000:]
 

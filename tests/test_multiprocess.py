@@ -12,6 +12,10 @@ same config, and so must the final checkpoint's state (the checksum of every arr
 the checkpoint). The mesh is data=2, fsdp=2: each process holds half of the batch rows and half of
 every parameter, so every step needs cross-process collectives. Only process 0 may print the
 outcome and write metrics.
+
+The four invocations compile the same programs, so they share one persistent compilation cache
+(JAX writes it from process 0 only): the first compiles, the others load the executables. What the
+test checks happens after the compile, and a loaded executable is the compiled one.
 """
 import json
 import os
@@ -69,9 +73,22 @@ def command(workdir, data_dir, num_steps, *extra):
           + [f'--config.{key}={value}' for key, value in overrides.items()] + list(extra))
 
 
+COMPILATION_CACHE = {}  # the test's cache directory, set by the `compilation_cache` fixture
+
+
+@pytest.fixture(autouse=True)
+def compilation_cache(tmp_path_factory):
+  directory = str(tmp_path_factory.mktemp('jax_compilation_cache'))
+  COMPILATION_CACHE.update(JAX_COMPILATION_CACHE_DIR=directory,
+                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+                           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  yield
+  COMPILATION_CACHE.clear()
+
+
 def environment(num_devices):
   return dict(os.environ, JAX_NUM_CPU_DEVICES=str(num_devices), JAX_PLATFORMS='cpu',
-              TF_CPP_MIN_LOG_LEVEL='2')
+              TF_CPP_MIN_LOG_LEVEL='2', **COMPILATION_CACHE)
 
 
 def free_port():

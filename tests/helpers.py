@@ -311,3 +311,16 @@ def ssd_recurrence(x, dt, a, bb, cc, start=None, resets=None):
         y[b, t, h] = s[h] @ cc[b, t, g]
       states[b, t + 1] = s
   return y, states
+
+
+def compilation_cache_environment() -> dict[str, str]:
+  """The environment that points a subprocess at this session's persistent compilation cache
+  (tests/conftest.py), so a command line that compiles what an in-process test already compiled
+  loads it; {} when the session has none."""
+  import jax  # pylint: disable=import-outside-toplevel
+  directory = jax.config.jax_compilation_cache_dir
+  if not directory:
+    return {}
+  return {'JAX_COMPILATION_CACHE_DIR': directory,
+          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+          'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}

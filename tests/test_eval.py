@@ -18,6 +18,7 @@ from rlp_jax.models import registry
 from rlp_jax.train.loop import train
 from rlp_jax.train.metrics_writer import read_metrics
 from rlp_jax.data.special_tokens import SpecialTokens
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -167,7 +168,10 @@ def _scalar_steps(directory, tag):
 
 
 def _cli(*args, cwd=REPO):
-  return subprocess.run([sys.executable, '-m', 'rlp_jax.eval', *args], cwd=cwd,
+  """`python -m rlp_jax.eval`, with the session's compilation cache (what the in-process run
+  compiled for the same config is loaded, not compiled again)."""
+  env = dict(os.environ, **helpers.compilation_cache_environment())
+  return subprocess.run([sys.executable, '-m', 'rlp_jax.eval', *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=600, check=False)
 
 

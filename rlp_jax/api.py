@@ -35,6 +35,7 @@ from rlp_jax.data import corpora
 from rlp_jax.data.batches import document_row, padded_rows
 from rlp_jax.data.special_tokens import SpecialTokens, special_tokens
 from rlp_jax.data.tokenizer import build_tokenizer
+from rlp_jax.dry_run import abstract_state
 from rlp_jax.errors import ConfigError, DataError
 from rlp_jax.interop import hf_checkpoint
 from rlp_jax.interop.checkpoint_init import (find_checkpoint_dir, initial_params,
@@ -229,9 +230,7 @@ def encode(tokenizer: Any, text: str, *, bos: bool = False, eos: bool = False) -
 
 def decode(tokenizer: Any, ids: Sequence[int] | np.ndarray | jax.Array) -> str:
   """The text of `ids` (think tokens written as `<think>`/`</think>`; pad, bos and eos dropped)."""
-  keep = [int(i) for i in np.asarray(ids).reshape(-1)
-          if int(i) not in (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id)]
-  return tokenizer.decode(keep)
+  return tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)])
 
 
 def document_batch(tokenizer: Any, texts: Sequence[str], seq_len: int) -> dict[str, np.ndarray]:
@@ -354,7 +353,7 @@ def init_state(config: ml_collections.ConfigDict, params: Params | None = None) 
     state, _ = create_sharded_state(config.model, tx, config.seed, config.rlp.enabled, mesh,
                                     config.mesh.rules)
     return state
-  shardings = _state_shardings(config, tx, mesh)
+  shardings = abstract_state(config, tx, mesh)[1]
   if params is None:
     _, params, _ = initial_params(config.model, config.seed, shardings.params)
   else:
@@ -376,7 +375,7 @@ def make_train_step(config: ml_collections.ConfigDict, tokenizer: Any,
   mesh = make_mesh(config.mesh)
   rules = config.mesh.rules
   graphdef, _ = registry.abstract_params(config.model)
-  shardings = _state_shardings(config, tx, mesh)
+  shardings = abstract_state(config, tx, mesh)[1]
   documents = batch_sharding(mesh, rules)
   if not config.rlp.enabled:
     ntp_step = make_ntp_step(graphdef, tx, schedule, shardings, rules)
@@ -397,16 +396,6 @@ def make_train_step(config: ml_collections.ConfigDict, tokenizer: Any,
     return state, dict(rollout_data.metrics, **mean)
 
   return step
-
-
-def _state_shardings(config: ml_collections.ConfigDict, tx: Any, mesh: Any) -> TrainState:
-  """The state's shardings on `mesh` (nothing is allocated: with `model.init_from` set,
-  create_sharded_state returns shapes only)."""
-  model = ml_collections.ConfigDict(config.model.to_dict())
-  model.init_from = model.init_from or 'shapes-only'
-  _, shardings = create_sharded_state(model, tx, config.seed, config.rlp.enabled, mesh,
-                                      config.mesh.rules)
-  return shardings
 
 
 def _optimizer(config: ml_collections.ConfigDict):

@@ -122,7 +122,8 @@ class _StepRows:
   def __init__(self, path: str, resume_step: int, remote: bool, create: bool):
     self.path = path
     self.remote = remote
-    self._rows = _repair(path, resume_step)
+    kept = _repair(path, resume_step)
+    self._rows = kept if remote else []  # local rows stay in the file
     self._write_on_flush = create
     self._file = None
     if create and not remote:

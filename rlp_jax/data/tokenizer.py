@@ -188,6 +188,19 @@ def cached_tokenizer_path(tokenizer_config: Any, data_config: Any) -> str:
   return paths.join(corpora.resolve_data_dir(data_config), 'tokenizers', name)
 
 
+def sentencepiece_model_path(tokenizer_config: Any, data_config: Any) -> str:
+  """The run's sentencepiece model: `tokenizer.path` (DataError when it is not a file), else where
+  the one trained on the configured corpus is cached (`cached_tokenizer_path` + '.model', which
+  may not exist yet)."""
+  path = getattr(tokenizer_config, 'path', '')
+  if not path:
+    return cached_tokenizer_path(tokenizer_config, data_config) + '.model'
+  path = paths.resolve_str(path, 'tokenizer.path')
+  if not paths.is_file(path):
+    raise DataError(f'tokenizer.path: no such file {path}')
+  return path
+
+
 def build_tokenizer(tokenizer_config: Any, data_config: Any, base_model: str = '') -> Tokenizer:
   """Loads tokenizer.path, or trains on the corpus's train split at first use and caches it.
 
@@ -208,15 +221,13 @@ def build_tokenizer(tokenizer_config: Any, data_config: Any, base_model: str = '
     from rlp_jax.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
     return hf_tokenizer.HFJsonTokenizer(path)
   if path:
-    path = paths.resolve_str(path, 'tokenizer.path')
-    if not paths.is_file(path):
-      raise DataError(f'tokenizer.path: no such file {path}')
-    return SentencePieceTokenizer(path)
+    return SentencePieceTokenizer(sentencepiece_model_path(tokenizer_config, data_config))
   vocab_size = getattr(tokenizer_config, 'vocab_size', None)
   if not isinstance(vocab_size, int) or vocab_size < 1:
     raise ConfigError(f'tokenizer.vocab_size must be an int > 0, got {vocab_size!r}')
-  prefix = cached_tokenizer_path(tokenizer_config, data_config)
-  if paths.is_file(prefix + '.model'):
-    return SentencePieceTokenizer(prefix + '.model')
+  model_path = sentencepiece_model_path(tokenizer_config, data_config)
+  if paths.is_file(model_path):
+    return SentencePieceTokenizer(model_path)
   from rlp_jax.data import corpora  # pylint: disable=import-outside-toplevel
-  return train_sentencepiece(corpora.load_documents(data_config, 'train'), vocab_size, prefix)
+  return train_sentencepiece(corpora.load_documents(data_config, 'train'), vocab_size,
+                             cached_tokenizer_path(tokenizer_config, data_config))

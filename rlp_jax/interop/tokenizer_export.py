@@ -20,7 +20,7 @@ from typing import Any
 
 from rlp_jax import paths
 from rlp_jax.data import hf_tokenizer
-from rlp_jax.data.tokenizer import SentencePieceTokenizer, cached_tokenizer_path
+from rlp_jax.data.tokenizer import SentencePieceTokenizer, sentencepiece_model_path
 from rlp_jax.errors import DataError
 from rlp_jax.interop.sentencepiece_json import tokenizer_from_sentencepiece
 
@@ -68,13 +68,8 @@ def _tokenizer_json_files(path: str) -> tuple[dict[str, int], Files]:
 
 
 def _sentencepiece_path(tokenizer_config: Any, data_config: Any) -> str:
-  if tokenizer_config.path:
-    path = paths.resolve_str(tokenizer_config.path, 'tokenizer.path')
-    if not paths.is_file(path):
-      raise DataError(f'tokenizer.path: no such file {path}')
-    return path
-  path = cached_tokenizer_path(tokenizer_config, data_config) + '.model'
-  if not paths.is_file(path):
+  path = sentencepiece_model_path(tokenizer_config, data_config)
+  if not paths.is_file(path):  # the cached one (a missing tokenizer.path is an error above)
     raise DataError(f"the run's sentencepiece model is not at {path} (where training cached it "
                     'under data.data_dir); the export never trains one')
   return path

@@ -42,6 +42,7 @@ from rlp_jax.interop.checkpoint_init import (find_checkpoint_dir, initial_params
                                              restore_checkpoint_params)
 from rlp_jax.models import registry
 from rlp_jax.objective import information_gain as gain_of
+from rlp_jax.objective.chunked_log_probs import chunk_tokens_of
 from rlp_jax.parallel.batch_sharding import batch_sharding, resolve_batch_size
 from rlp_jax.parallel.mesh import make_mesh
 from rlp_jax.rollout.baseline_evidence import baseline_evidence, teacher_next_token_stats
@@ -251,7 +252,8 @@ def next_token_log_probs(model: ModelDef, params: Params, tokens: jax.Array,
                          mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(log p(x_t | x_<t), entropy of that prediction), both float32 [B, L], no thinking; column 0
   (nothing predicts it) is 0."""
-  return teacher_next_token_stats(model.graphdef, params, tokens, mask)
+  return teacher_next_token_stats(model.graphdef, params, tokens, mask,
+                                  chunk_tokens=chunk_tokens_of(model.config))
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'num_thoughts', 'max_thought_tokens',
@@ -265,7 +267,7 @@ def sample_thoughts(model: ModelDef, params: Params, tokens: jax.Array, mask: ja
   shared by its thoughts (the `shared` prefix strategy training uses)."""
   graphdef, special = model.graphdef, model.special
   strategy = prefix_strategy('shared')
-  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False)
+  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_hidden=False)
   prompts = strategy.prompts(tokens, positions, num_thoughts, special.think_start_id)
   thoughts = strategy.sample(graphdef, params, model.config, context, prompts, key,
                              max_thought_tokens, temperature, special.think_end_id,
@@ -292,7 +294,7 @@ def information_gain(model: ModelDef, params: Params, tokens: jax.Array, mask: j
   teacher = params if teacher_params is None else teacher_params
   s_ema = baseline_evidence(graphdef, teacher, tokens, mask, positions)  # [B, K]
   strategy = prefix_strategy('shared')
-  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False)
+  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_hidden=False)
   prompts = strategy.prompts(tokens, positions, g, special.think_start_id)
   rows = batch * k * g
   flat = Thoughts(tokens=thoughts.tokens.reshape(rows, limit),
@@ -300,7 +302,8 @@ def information_gain(model: ModelDef, params: Params, tokens: jax.Array, mask: j
                   mask=thoughts.mask.reshape(rows, limit), length=thoughts.length.reshape(rows),
                   ended=thoughts.ended.reshape(rows))
   sequences = build_scored_sequences(prompts, flat, special.think_end_id, special.pad_id)
-  _, s_pred = strategy.score(graphdef, params, context, sequences, limit, 1.0)
+  _, s_pred = strategy.score(graphdef, params, context, sequences, limit, 1.0,
+                             chunk_tokens_of(model.config))
   s_pred = s_pred.reshape(batch, k, g)
   return Gains(information_gain=gain_of(s_pred, s_ema[:, :, None]), s_pred=s_pred, s_ema=s_ema)
 
@@ -332,7 +335,8 @@ def rlp_loss(model: ModelDef, params: Params, teacher_params: Params, batch: Bat
 
 @functools.partial(jax.jit, static_argnames=('model', 'rlp'))
 def _loss(model, params, teacher_params, batch, rollout_data, rlp):
-  return _rlp_loss(params, teacher_params, model.graphdef, batch, rollout_data, rlp)
+  return _rlp_loss(params, teacher_params, model.graphdef, batch, rollout_data, rlp,
+                   chunk_tokens_of(model.config))
 
 
 def _frozen(section: Any) -> ml_collections.FrozenConfigDict:
@@ -378,7 +382,8 @@ def make_train_step(config: ml_collections.ConfigDict, tokenizer: Any,
   shardings = abstract_state(config, tx, mesh)[1]
   documents = batch_sharding(mesh, rules)
   if not config.rlp.enabled:
-    ntp_step = make_ntp_step(graphdef, tx, schedule, shardings, rules)
+    ntp_step = make_ntp_step(graphdef, tx, schedule, shardings, rules,
+                             config.model.logits_chunk_tokens)
     return lambda state, batch: ntp_step(state, jax.device_put(dict(batch), documents))
   special = special_tokens(tokenizer, config.rlp.position_marker)
   rollout_fn, update_fn = make_rlp_step(graphdef, config.model, config.rlp, special, tx, schedule,

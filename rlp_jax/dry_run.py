@@ -223,8 +223,8 @@ def plan_memory(config: ml_collections.ConfigDict, compile_steps: bool = True) -
       _, compiled['update'] = _compile(update_fn, state, batch, rollout)
     else:
       _, compiled['train_step'] = _compile(
-          make_ntp_step(graphdef, tx, schedule, state_sharding, config.mesh.rules), state,
-          batch)
+          make_ntp_step(graphdef, tx, schedule, state_sharding, config.mesh.rules,
+                        config.model.logits_chunk_tokens), state, batch)
   return MemoryPlan(mesh=dict(zip(MESH_AXES, mesh.devices.shape)), num_devices=mesh.size,
                     num_params=registry.count_params(config.model), state_bytes=sizes,
                     compiled=compiled)

@@ -305,7 +305,7 @@ def score_given_thoughts(strategy, graphdef, params, batch, positions, thoughts)
   """(thought log-probs [R, T], S_pred [R], via `strategy`) for the given thoughts."""
   segment_ids = batch.get('segment_ids')
   _, context = strategy.encode(graphdef, params, batch['tokens'], batch['mask'], positions,
-                               need_logits=False, segment_ids=segment_ids)
+                               need_hidden=False, segment_ids=segment_ids)
   prompts = strategy.prompts(batch['tokens'], positions, GROUP, THINK_START, segment_ids)
   sequences = build_scored_sequences(prompts, thoughts, THINK_END, PAD)
   log_probs, s_pred = strategy.score(graphdef, params, context, sequences, LIMIT, 0.9)
@@ -321,7 +321,7 @@ def evidence_and_samples(strategy, graphdef, params, teacher, model, batch, posi
   s_ema = baseline_evidence(graphdef, teacher, batch['tokens'], batch['mask'], positions,
                             segment_ids)
   _, context = strategy.encode(graphdef, params, batch['tokens'], batch['mask'], positions,
-                               need_logits=False, segment_ids=segment_ids)
+                               need_hidden=False, segment_ids=segment_ids)
   sampled = strategy.sample(graphdef, params, model, context, prompts, key, LIMIT, 0.9,
                             THINK_END, PAD)
   return log_probs, s_pred, jnp.repeat(s_ema.reshape(-1), GROUP), sampled

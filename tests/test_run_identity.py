@@ -89,7 +89,7 @@ def test_keys_not_listed_as_shape_keys_leave_the_parameters_alone(family):
   changed = dict(init_from='/elsewhere', rope_theta=10.0, norm_eps=1e-3, compute_dtype='bfloat16',
                  init_std=0.5, remat_policy='none', scan_layers=True, mamba_chunk_size=4,
                  mamba_dt_limit_min=0.001,
-                 mamba_dt_limit_max=5.0)
+                 mamba_dt_limit_max=5.0, logits_chunk_tokens=16)
   assert set(changed) == set(ri.NOT_SHAPE_KEYS)
   for key, value in changed.items():
     assert ri.model_shape(make(**{key: value}))['params'] == base, key

@@ -19,9 +19,11 @@ from rlp_jax.data.corpora import CORPORA
 from rlp_jax.data.reasoning_corpus import WORKED_FRACTION
 from rlp_jax.data.source_spec import BAD_RECORD_POLICIES
 from rlp_jax.data.tokenizer import TOKENIZER_KINDS
+from rlp_jax.models.attention_kernels import ATTENTION_IMPLS
 from rlp_jax.models.layers import DTYPES, REMAT_POLICIES
 from rlp_jax.models.registry import FAMILIES
 from rlp_jax.objective.advantage import ADVANTAGE_ESTIMATORS
+from rlp_jax.objective.chunked_log_probs import DEFAULT_CHUNK_TOKENS
 from rlp_jax.rollout.positions import POSITION_RULES
 from rlp_jax.rollout.prefix_strategies import PREFIX_STRATEGIES
 
@@ -119,6 +121,17 @@ KEYS: tuple[Key, ...] = (
         '`full` recomputes the layer (only the residual stream between layers is kept), '
         '`save_matmuls` keeps the matmul outputs and recomputes the rest, `none` keeps every '
         'activation', choices=REMAT_POLICIES),
+    Key('model.attention_impl', 'reference', 'what runs the attention softmax: `reference` the '
+        'plain einsum softmax; `dot_product` jax.nn.dot_product_attention (cuDNN flash attention '
+        'on GPU for bf16); `pallas` Pallas flash kernels for causal self-attention (splash '
+        'attention on TPU, the Pallas GPU kernel on GPU; decode steps stay on the reference). '
+        'The shared-prefix thought attention merges two kernel calls by their log-sum-exps '
+        '(docs/models.md)', choices=ATTENTION_IMPLS),
+    Key('model.logits_chunk_tokens', DEFAULT_CHUNK_TOKENS, 'tokens per device whose fp32 logits '
+        'over the vocabulary the next-token loss, thought log-probs and teacher statistics take '
+        'at a time, recomputed in the backward pass (0: all at once, the reference); 1024 keeps '
+        'the lm-head matmul compute-bound on H100/TPU at ≈ 0.6 GiB of logits per chunk for '
+        'V = 152k (docs/performance.md)', bounds=NON_NEGATIVE),
     Key('model.scan_layers', False, 'run the layers under jax.lax.scan over their repeating unit '
         '(parameters stacked per unit position; compile time independent of depth); checkpoints '
         'of either layout load into the other'),

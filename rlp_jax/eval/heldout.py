@@ -25,7 +25,8 @@ import numpy as np
 from rlp_jax.data.reasoning_corpus import ANSWER_PREFIX, WORK_INTRO
 from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.models import registry
-from rlp_jax.objective.next_token import next_token_loss
+from rlp_jax.objective.chunked_log_probs import chunk_tokens_of
+from rlp_jax.objective.next_token import next_token_loss_from_head
 from rlp_jax.rollout.baseline_evidence import baseline_evidence
 from rlp_jax.rollout.positions import choose_positions
 from rlp_jax.rollout.prefix_strategies import SharedPrefix
@@ -73,10 +74,12 @@ class HeldOut:
     self.rlp = rlp
     self.group = thoughts_per_position
 
-    def ntp_sums(params, tokens, mask):
-      logits, _ = registry.forward(graphdef, params, tokens, registry.document_positions(tokens),
-                                   mask)
-      loss, count = next_token_loss(logits, tokens, mask)
+    def ntp_sums(params, tokens, mask):  # the logits `model.logits_chunk_tokens` at a time
+      hidden, _ = registry.forward_hidden(graphdef, params, tokens,
+                                          registry.document_positions(tokens), mask)
+      normed, head = registry.output_head(graphdef, params, hidden)
+      loss, count = next_token_loss_from_head(head, normed, tokens, mask,
+                                              chunk_tokens=chunk_tokens_of(model_config))
       return loss * count, count
 
     def gains(params, key, tokens, mask, positions, group, temperature):

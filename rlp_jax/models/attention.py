@@ -5,37 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
+from rlp_jax.models.attention_kernels import (CausalMask, attend, check_attention_impl,
+                                              reference_attention)
 from rlp_jax.models.kv_cache import write_columns
 from rlp_jax.models.layers import (KV_AXES, QUERY_AXES, RESIDUAL_AXES, Projection, RMSNorm,
                                    apply_rope)
 from rlp_jax.parallel.activation_sharding import constrain
 
-_MASKED_SCORE = -1e30  # finite, so a query with no visible key stays finite (then zeroed)
-
-
-def grouped_query_attention(queries: jax.Array, keys: jax.Array, values: jax.Array,
-                            mask: jax.Array) -> jax.Array:
-  """Softmax attention with grouped kv heads.
-
-  queries [B, L, H, D], keys/values [B, S, K, D] (H = K * G; q head h uses kv head h // G),
-  mask bool [B, L, S]. Scores and softmax in fp32; returns [B, L, H, D] in the queries' dtype.
-  A query that sees no key at all (a padding row) gets zeros, not NaN.
-  """
-  batch, length, num_heads, head_dim = queries.shape
-  num_kv_heads = keys.shape[2]
-  groups = num_heads // num_kv_heads
-  grouped = queries.reshape(batch, length, num_kv_heads, groups, head_dim)
-  scores = jnp.einsum('blkgd,bskd->bkgls', grouped, keys.astype(queries.dtype),
-                      preferred_element_type=jnp.float32) * (head_dim ** -0.5)
-  visible = mask[:, None, None, :, :]
-  scores = jnp.where(visible, scores, _MASKED_SCORE)
-  probs = jax.nn.softmax(scores, axis=-1)
-  probs = jnp.where(jnp.any(visible, axis=-1, keepdims=True), probs, 0.0)
-  out = jnp.einsum('bkgls,bskd->blkgd', probs.astype(queries.dtype), values.astype(queries.dtype))
-  return out.reshape(batch, length, num_heads, head_dim)
+# The reference softmax attention; `model.attention_impl` picks a kernel (attention_kernels.py).
+grouped_query_attention = reference_attention
 
 
 def _maybe_rope(x: jax.Array, cos: jax.Array | None, sin: jax.Array | None) -> jax.Array:
@@ -46,12 +26,13 @@ def _maybe_rope(x: jax.Array, cos: jax.Array | None, sin: jax.Array | None) -> j
 class Attention(nnx.Module):
   """q/k/v projections (no bias), optional q/k RMSNorm over head_dim, optional RoPE, GQA, o_proj.
 
-  `qk_norm=False` builds no q_norm/k_norm parameters; cos/sin None applies no RoPE.
+  `qk_norm=False` builds no q_norm/k_norm parameters; cos/sin None applies no RoPE. `impl` is
+  `model.attention_impl` (attention_kernels.py): which implementation runs the softmax.
   """
 
   def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: int, head_dim: int, *,
                norm_eps: float, init_std: float, param_dtype: Any, compute_dtype: Any,
-               rngs: nnx.Rngs, qk_norm: bool = True):
+               rngs: nnx.Rngs, qk_norm: bool = True, impl: str = 'reference'):
     if num_heads % num_kv_heads:
       raise ValueError(f'num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}')
     common = dict(init_std=init_std, param_dtype=param_dtype, compute_dtype=compute_dtype,
@@ -65,6 +46,7 @@ class Attention(nnx.Module):
     self.o_proj = Projection('blhd,hde->ble', (num_heads, head_dim, hidden_size),
                              ('heads', 'head_dim', 'embed'), **common)
     self.qk_norm = qk_norm
+    self.impl = check_attention_impl(impl)
     if qk_norm:
       self.q_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
       self.k_norm = RMSNorm(head_dim, eps=norm_eps, param_dtype=param_dtype)
@@ -82,20 +64,21 @@ class Attention(nnx.Module):
     keys = _maybe_rope(self.k_norm(keys) if self.qk_norm else keys, cos, sin)
     return keys, constrain(self.v_proj(x), KV_AXES)
 
-  def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None, mask: jax.Array,
+  def __call__(self, x: jax.Array, cos: jax.Array | None, sin: jax.Array | None,
+               mask: jax.Array | CausalMask,
                past_kv: tuple[jax.Array, jax.Array] | None = None,
                write_index: jax.Array | None = None,
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
     """x [B, L, E] → ([B, L, E], (keys, values) attended over).
 
-    Without `past_kv` the keys/values are the L new ones and mask is [B, L, L]. With `past_kv`
-    (cache buffers [B, S, K, D]) the new ones are written at columns [write_index, +L) and
-    mask is [B, L, S].
+    Without `past_kv` the keys/values are the L new ones and mask is a CausalMask (or its dense
+    bool [B, L, L]). With `past_kv` (cache buffers [B, S, K, D]) the new ones are written at
+    columns [write_index, +L) and mask is bool [B, L, S].
     """
     queries = self.project_queries(x, cos, sin)
     keys, values = self.project_kv(x, cos, sin)
     if past_kv is not None:
       keys = write_columns(past_kv[0], keys, write_index)
       values = write_columns(past_kv[1], values, write_index)
-    attended = constrain(grouped_query_attention(queries, keys, values, mask), QUERY_AXES)
+    attended = constrain(attend(queries, keys, values, mask, self.impl), QUERY_AXES)
     return constrain(self.o_proj(attended), RESIDUAL_AXES), (keys, values)

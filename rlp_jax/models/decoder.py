@@ -13,12 +13,14 @@ Parameter tree (logical axes in brackets), the same for every family:
 Parameters are created in that order (embedding, layers, final norm, head), which fixes the random
 initialisation of each seed. `residual_stream` runs embedding and layers (x before the final
 norm); `output_logits` applies the final norm and lm head, so a caller can take logits of only
-the columns it needs.
+the columns it needs; `output_head` gives the final-normed states and the head as one matrix
+(`OutputHead`), for log-probs that never hold the logits of every token at once
+(objective/chunked_log_probs.py).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,27 @@ from rlp_jax.models.layer_stack import LayerPlan, layer_plan, stack_layers
 from rlp_jax.models.layers import (LOGITS_AXES, Embedding, Projection, RMSNorm, remat_option,
                                    resolve_dtype)
 from rlp_jax.parallel.activation_sharding import constrain
+
+
+class OutputHead(NamedTuple):
+  """The lm head as one matrix, as stored (the parameter's dtype): `weight` [V, E] (layout 've',
+  the tied embedding) or [E, V] ('ev', the separate lm head's kernel), multiplied in
+  `compute_dtype`. `logits(normed)` are the fp32 logits of final-normed states [R, C, E] exactly
+  as `Decoder.logits` computes them; a slice of `weight` along its vocabulary axis gives the
+  logits of those vocabulary ids."""
+  weight: jax.Array
+  layout: str
+  compute_dtype: Any
+
+  @property
+  def vocab_axis(self) -> int:
+    return self.layout.index('v')
+
+  def logits(self, normed: jax.Array) -> jax.Array:
+    """fp32 logits [R, C, V'] (V' = the weight's vocabulary size) of normed [R, C, E]."""
+    return constrain(jnp.einsum(f'ble,{self.layout}->blv', normed.astype(self.compute_dtype),
+                                self.weight.astype(self.compute_dtype),
+                                preferred_element_type=jnp.float32), LOGITS_AXES)
 
 
 class Decoder(nnx.Module):
@@ -92,6 +115,17 @@ class Decoder(nnx.Module):
   def output_logits(self, x: jax.Array) -> jax.Array:
     """fp32 logits [B, L, V] from the residual stream (final norm, then lm head)."""
     return self.logits(self.final_norm(x))
+
+  def output_head(self, x: jax.Array) -> tuple[jax.Array, OutputHead]:
+    """(final_norm(x) in the compute dtype, the lm head as an `OutputHead`): its
+    `logits(normed)` equal `output_logits(x)`, op for op."""
+    if self.tie_embeddings:
+      embedding = self.token_embedding
+      return (self.final_norm(x).astype(embedding.compute_dtype),
+              OutputHead(embedding.embedding[...], 've', embedding.compute_dtype))
+    head = self.lm_head
+    return (self.final_norm(x).astype(head.compute_dtype),
+            OutputHead(head.kernel[...], 'ev', head.compute_dtype))
 
   def __call__(self, tokens: jax.Array, positions: jax.Array,
                token_mask: jax.Array | None = None, cache: Any | None = None,

@@ -17,8 +17,8 @@ from flax import nnx
 
 from rlp_jax.models.attention import Attention
 from rlp_jax.models.decoder import Decoder
-from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
-                                     write_columns)
+from rlp_jax.models.attention_kernels import CausalMask
+from rlp_jax.models.kv_cache import KVCache, cached_attention_mask, write_columns
 from rlp_jax.models.layer_stack import run_stack
 from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SwiGLU, rope_cos_sin
 from rlp_jax.parallel.activation_sharding import constrain
@@ -32,11 +32,12 @@ class DecoderLayer(nnx.Module):
                   rngs=rngs)
     self.attention_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype)
     self.attention = Attention(config.hidden_size, config.num_heads, config.num_kv_heads,
-                               config.head_dim, norm_eps=config.norm_eps, **common)
+                               config.head_dim, norm_eps=config.norm_eps,
+                               impl=config.get('attention_impl', 'reference'), **common)
     self.mlp_norm = RMSNorm(config.hidden_size, eps=config.norm_eps, param_dtype=param_dtype)
     self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, **common)
 
-  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array,
+  def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mask: jax.Array | CausalMask,
                past_kv: tuple[jax.Array, jax.Array] | None = None,
                write_index: jax.Array | None = None,
                ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
@@ -68,7 +69,7 @@ class DenseDecoder(Decoder):
                  ) -> tuple[jax.Array, KVCache | None]:
     cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
     if cache is None:
-      x, _ = run_stack(self, self.plan, x, _plain_layer, None, (cos, sin, causal_attention_mask(
+      x, _ = run_stack(self, self.plan, x, _plain_layer, None, (cos, sin, CausalMask(
           token_mask, segment_ids)), self.remat)
       return x, None
     valid = write_columns(cache.valid, token_mask, cache.index)
@@ -79,7 +80,7 @@ class DenseDecoder(Decoder):
 
 
 def _plain_layer(layer: DecoderLayer, x: jax.Array, value: None, cos: jax.Array, sin: jax.Array,
-                 mask: jax.Array) -> tuple[jax.Array, None]:
+                 mask: CausalMask) -> tuple[jax.Array, None]:
   del value
   return layer(x, cos, sin, mask)[0], None
 

@@ -1,9 +1,11 @@
 """The 'dense' family (Qwen3): its record, decode caches, and shared-prefix passes.
 
 Shared-prefix passes: `document_kv` runs the documents once and keeps every layer's keys/values
-(after k-norm and RoPE) next to the logits the next-token loss needs; `thought_forward` runs the N
-thoughts of each document over them, thought (b, n) seeing document columns s < prefix_len[b, n]
-and its own tokens (prefix_attention.py). Both reuse the decoder's own submodules (norms,
+(after k-norm and RoPE) next to the logits the next-token loss needs (or, `return_hidden`, the
+residual stream those logits come from, for log-probs a chunk of tokens at a time:
+objective/chunked_log_probs.py); `thought_forward` runs the N thoughts of each document over
+them, thought (b, n) seeing document columns s < prefix_len[b, n] and its own tokens
+(prefix_attention.py). Both reuse the decoder's own submodules (norms,
 projections, RoPE, MLP, lm head), so the shared and naive paths run the same per-token code.
 """
 
@@ -18,7 +20,8 @@ from rlp_jax.errors import ConfigError
 from rlp_jax.models.dense import DenseDecoder
 from rlp_jax.models.family import ModelFamily
 from rlp_jax.models.hf_names.qwen3 import QWEN3
-from rlp_jax.models.kv_cache import (KVCache, causal_attention_mask, empty_attention_entry,
+from rlp_jax.models.attention_kernels import CausalMask
+from rlp_jax.models.kv_cache import (KVCache, empty_attention_entry,
                                      empty_cache)
 from rlp_jax.models.layer_stack import run_stack, zip_values
 from rlp_jax.models.layers import RESIDUAL_AXES, resolve_dtype, rope_cos_sin
@@ -59,17 +62,20 @@ def _document_layer(layer: Any, x: jax.Array, value: None, cos: jax.Array, sin: 
 
 def dense_document_kv(model: DenseDecoder, tokens: jax.Array, positions: jax.Array,
                       mask: jax.Array, state_positions: jax.Array | None = None,
-                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
+                      segment_ids: jax.Array | None = None, *, return_hidden: bool = False,
+                      ) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], every layer's keys and
-  values). `state_positions` is ignored (every column's keys are kept). With `segment_ids`
-  (packed rows) attention stays in each document and the DocumentKV keeps the ids, so each
-  thought sees its own document only; `positions` then restart per document."""
+  values); with `return_hidden` the residual stream [B, L, E] before the final norm instead of
+  the logits (`model.output_logits` of it gives them). `state_positions` is ignored (every
+  column's keys are kept). With `segment_ids` (packed rows) attention stays in each document and
+  the DocumentKV keeps the ids, so each thought sees its own document only; `positions` then
+  restart per document."""
   del state_positions
   cos, sin = rope_cos_sin(positions, model.head_dim, model.rope_theta)
   x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_layer, None,
-                      (cos, sin, causal_attention_mask(mask, segment_ids)), model.remat)
-  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_),
-                                            segment_ids=segment_ids)
+                      (cos, sin, CausalMask(mask, segment_ids)), model.remat)
+  return (x if return_hidden else model.output_logits(x)), DocumentKV(
+      layers=kept, valid=mask.astype(jnp.bool_), segment_ids=segment_ids)
 
 
 def _thought_layer(layer: Any, x: jax.Array, value: Any, cos: jax.Array, sin: jax.Array,
@@ -85,9 +91,11 @@ def _thought_layer(layer: Any, x: jax.Array, value: Any, cos: jax.Array, sin: ja
 
 def dense_thought_forward(model: DenseDecoder, doc_kv: DocumentKV, prefix_len: jax.Array,
                           thought_tokens: jax.Array, thought_positions: jax.Array,
-                          thought_mask: jax.Array, self_cache: KVCache | None = None,
-                          ) -> tuple[jax.Array, KVCache | None]:
-  """Thought tokens [B, N, Tq] over a shared document: (fp32 logits [B, N, Tq, V], new cache)."""
+                          thought_mask: jax.Array, self_cache: KVCache | None = None, *,
+                          return_hidden: bool = False) -> tuple[jax.Array, KVCache | None]:
+  """Thought tokens [B, N, Tq] over a shared document: (fp32 logits [B, N, Tq, V], new cache);
+  with `return_hidden` the residual stream [B, N, Tq, E] before the final norm instead of the
+  logits."""
   batch, num_thoughts, length = thought_tokens.shape
   cos, sin = rope_cos_sin(thought_positions.reshape(batch, num_thoughts * length),
                           model.head_dim, model.rope_theta)
@@ -98,7 +106,8 @@ def dense_thought_forward(model: DenseDecoder, doc_kv: DocumentKV, prefix_len: j
   x, written = run_stack(model, model.plan, x, _thought_layer, zip_values(doc_kv.layers, own),
                          (cos, sin, masks, None if self_cache is None else self_cache.index),
                          remat)
-  logits = model.output_logits(x).reshape(batch, num_thoughts, length, -1)
+  logits = (x if return_hidden else model.output_logits(x)).reshape(batch, num_thoughts, length,
+                                                                     -1)
   if self_cache is None:
     return logits, None
   return logits, KVCache(layers=written, valid=masks.own_valid, index=self_cache.index + length)

@@ -47,11 +47,14 @@ class ModelFamily:
   decoder: the module class (a decoder.Decoder), built as `decoder(model_config, rngs)`; its
       `__call__(tokens, positions, token_mask, cache)` returns (fp32 logits, new cache or None).
   init_cache(model_config, batch_size, max_len): the empty decode cache `forward` takes.
-  document_kv(model, tokens, positions, mask, state_positions, segment_ids): one pass over
-      documents → (fp32 logits [B, L, V], prefix_attention.DocumentKV); `model` is the merged
-      decoder; segment_ids int32 [B, L] of packed rows or None (models/segments.py).
+  document_kv(model, tokens, positions, mask, state_positions, segment_ids, *, return_hidden):
+      one pass over documents → (fp32 logits [B, L, V], prefix_attention.DocumentKV); `model` is
+      the merged decoder; segment_ids int32 [B, L] of packed rows or None (models/segments.py);
+      `return_hidden` True: the residual stream [B, L, E] before the final norm instead of the
+      logits (the callers that train take log-probs from it a chunk at a time).
   thought_forward(model, doc_kv, prefix_len, thought_tokens, thought_positions, thought_mask,
-      self_cache): thoughts [B, N, Tq] over the document → (fp32 logits [B, N, Tq, V], new cache).
+      self_cache, *, return_hidden): thoughts [B, N, Tq] over the document → (fp32 logits
+      [B, N, Tq, V], or with `return_hidden` the residual stream [B, N, Tq, E], new cache).
   empty_thought_cache(model_config, doc_kv, thoughts_per_document, max_len): the thoughts' own
       cache of B·N rows.
   validate_config(model_config): ConfigError naming the first bad family-specific `model.*` key.

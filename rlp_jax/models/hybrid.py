@@ -25,7 +25,8 @@ from flax import nnx
 from rlp_jax.models.attention import Attention
 from rlp_jax.models.decoder import Decoder
 from rlp_jax.models.hybrid_cache import HybridCache, MambaState
-from rlp_jax.models.kv_cache import cached_attention_mask, causal_attention_mask, write_columns
+from rlp_jax.models.attention_kernels import CausalMask
+from rlp_jax.models.kv_cache import cached_attention_mask, write_columns
 from rlp_jax.models.layer_stack import run_stack
 from rlp_jax.models.layers import RESIDUAL_AXES, RMSNorm, SquaredReLUMLP
 from rlp_jax.models.mamba2 import Mamba2Mixer
@@ -49,13 +50,14 @@ class HybridBlock(nnx.Module):
                                rngs=rngs)
     elif kind == '*':
       self.mixer = Attention(config.hidden_size, config.num_heads, config.num_kv_heads,
-                             config.head_dim, norm_eps=config.norm_eps, qk_norm=False, **common)
+                             config.head_dim, norm_eps=config.norm_eps, qk_norm=False,
+                             impl=config.get('attention_impl', 'reference'), **common)
     elif kind == '-':
       self.mixer = SquaredReLUMLP(config.hidden_size, config.intermediate_size, **common)
     else:
       raise ValueError(f'unknown layer kind {kind!r} (expected M, * or -)')
 
-  def __call__(self, x: jax.Array, token_mask: jax.Array, attention_mask: jax.Array,
+  def __call__(self, x: jax.Array, token_mask: jax.Array, attention_mask: jax.Array | CausalMask,
                state: LayerState = None, write_index: jax.Array | None = None,
                segment_ids: jax.Array | None = None) -> tuple[jax.Array, LayerState]:
     """The layer's output and its updated state: (keys, values) for attention (the cache buffers
@@ -91,7 +93,7 @@ class HybridDecoder(Decoder):
     del positions  # nothing in the model depends on positions except causality
     if cache is None:
       x, _ = run_stack(self, self.plan, x, _block, None,
-                       (token_mask, causal_attention_mask(token_mask, segment_ids), None,
+                       (token_mask, CausalMask(token_mask, segment_ids), None,
                         segment_ids), self.remat)
       return x, None
     valid = write_columns(cache.valid, token_mask, cache.index)

@@ -28,7 +28,8 @@ from rlp_jax.models.hf_names.nemotron_h import NEMOTRON_H
 from rlp_jax.models.hybrid import HybridDecoder
 from rlp_jax.models.hybrid_cache import (HybridCache, MambaState, empty_hybrid_cache,
                                          thought_start_state)
-from rlp_jax.models.kv_cache import causal_attention_mask, empty_attention_entry
+from rlp_jax.models.attention_kernels import CausalMask
+from rlp_jax.models.kv_cache import empty_attention_entry
 from rlp_jax.models.layer_stack import map_values, run_stack, zip_values
 from rlp_jax.models.layers import RESIDUAL_AXES, resolve_dtype
 from rlp_jax.models.prefix_attention import (DocumentKV, ThoughtMasks, attend_over_document,
@@ -111,20 +112,22 @@ def _thought_block(layer: Any, x: jax.Array, value: Any, row_mask: jax.Array,
 
 def hybrid_document_kv(model: HybridDecoder, tokens: jax.Array, positions: jax.Array,
                        mask: jax.Array, state_positions: jax.Array | None,
-                       segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
+                       segment_ids: jax.Array | None = None, *, return_hidden: bool = False,
+                       ) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], DocumentKV with Mamba
   states at the K positions `state_positions` int32 [B, K] (each ≥ 1: after x_0 … x_{t-1}));
-  positions are ignored. With `segment_ids` (packed rows) attention and the Mamba2 scans stay in
-  each document, so the states at t hold t's document prefix alone."""
+  with `return_hidden` the residual stream [B, L, E] before the final norm instead of the
+  logits; positions are ignored. With `segment_ids` (packed rows) attention and the Mamba2 scans
+  stay in each document, so the states at t hold t's document prefix alone."""
   del positions
   if state_positions is None:
     raise ValueError('document_kv of a hybrid model needs state_positions [B, K]: the scored '
                      'positions whose Mamba states the thoughts start from')
   x, kept = run_stack(model, model.plan, model.token_embedding(tokens), _document_block, None,
-                      (mask, causal_attention_mask(mask, segment_ids), state_positions,
+                      (mask, CausalMask(mask, segment_ids), state_positions,
                        segment_ids), model.remat)
-  return model.output_logits(x), DocumentKV(layers=kept, valid=mask.astype(jnp.bool_),
-                                            segment_ids=segment_ids)
+  return (x if return_hidden else model.output_logits(x)), DocumentKV(
+      layers=kept, valid=mask.astype(jnp.bool_), segment_ids=segment_ids)
 
 
 def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,
@@ -145,9 +148,11 @@ def empty_hybrid_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_p
 
 def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len: jax.Array,
                            thought_tokens: jax.Array, thought_positions: jax.Array,
-                           thought_mask: jax.Array, self_cache: HybridCache | None = None,
-                           ) -> tuple[jax.Array, HybridCache | None]:
-  """Thought tokens [B, N, Tq] over a shared document: (fp32 logits [B, N, Tq, V], new cache).
+                           thought_mask: jax.Array, self_cache: HybridCache | None = None, *,
+                           return_hidden: bool = False) -> tuple[jax.Array, HybridCache | None]:
+  """Thought tokens [B, N, Tq] over a shared document: (fp32 logits [B, N, Tq, V], new cache);
+  with `return_hidden` the residual stream [B, N, Tq, E] before the final norm instead of the
+  logits.
 
   Mamba layers run each row from its document state (or the cache's state), attention layers
   attend to document columns < prefix_len[b, n] plus the thought's own tokens; positions are
@@ -164,7 +169,8 @@ def hybrid_thought_forward(model: HybridDecoder, doc_kv: DocumentKV, prefix_len:
   own = None if self_cache is None else self_cache.layers
   x, kept = run_stack(model, model.plan, x, block, zip_values(doc_kv.layers, own),
                       (row_mask, masks, None if self_cache is None else self_cache.index), remat)
-  logits = model.output_logits(x).reshape(batch, num_thoughts, length, -1)
+  logits = (x if return_hidden else model.output_logits(x)).reshape(batch, num_thoughts, length,
+                                                                     -1)
   if self_cache is None:
     return logits, None
   return logits, HybridCache(layers=kept, valid=masks.own_valid, index=self_cache.index + length)

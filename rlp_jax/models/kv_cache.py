@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rlp_jax.models.attention_kernels import CausalMask
 from rlp_jax.models.layer_stack import LayerPlan, LayerValues, build_values
 
 
@@ -71,10 +72,6 @@ def cached_attention_mask(valid: jax.Array, index: jax.Array, num_new: int) -> j
 def causal_attention_mask(token_mask: jax.Array, segment_ids: jax.Array | None = None,
                           ) -> jax.Array:
   """bool [B, L, L] without a cache: query l sees key s iff s <= l and token_mask[s], and with
-  `segment_ids` [B, L] (packed rows, models/segments.py) only when both are in one segment."""
-  length = token_mask.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), jnp.bool_))
-  mask = causal[None, :, :] & token_mask[:, None, :]
-  if segment_ids is None:
-    return mask
-  return mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  `segment_ids` [B, L] (packed rows, models/segments.py) only when both are in one segment
+  (attention_kernels.CausalMask, densified)."""
+  return CausalMask(token_mask, segment_ids).dense()

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 from rlp_jax.models.attention import Attention
 from rlp_jax.models.layer_stack import LayerValues
 from rlp_jax.models.segments import segment_at
-from rlp_jax.models.kv_cache import (KVCache, cached_attention_mask, causal_attention_mask,
-                                     write_columns)
+from rlp_jax.models.attention_kernels import CausalMask
+from rlp_jax.models.merged_attention import Block, merged_attention
+from rlp_jax.models.kv_cache import KVCache, cached_attention_mask, write_columns
 
 _MASKED_SCORE = -1e30  # as attention.py: finite, so a query with no visible key stays finite
 
@@ -46,10 +47,12 @@ class DocumentKV:
 @flax.struct.dataclass
 class ThoughtMasks:
   """doc_visible bool [B, N, L]; own_visible bool [B, N, Tq, S]; own_valid [B·N, S] with a cache
-  (the cache's `valid` after writing the new tokens), else None."""
+  (the cache's `valid` after writing the new tokens), else None; own_causal the same visibility
+  as a CausalMask over the B·N thought rows without a cache (what the kernels take), else None."""
   doc_visible: jax.Array
   own_visible: jax.Array
   own_valid: jax.Array | None
+  own_causal: CausalMask | None = None
 
 
 def thought_masks(doc_kv: DocumentKV, prefix_len: jax.Array, thought_mask: jax.Array,
@@ -66,15 +69,16 @@ def thought_masks(doc_kv: DocumentKV, prefix_len: jax.Array, thought_mask: jax.A
     own_document = segment_at(doc_kv.segment_ids, prefix_len - 1)  # [B, N]
     doc_visible = doc_visible & (doc_kv.segment_ids[:, None, :] == own_document[:, :, None])
   row_mask = thought_mask.reshape(batch * num_thoughts, length)
-  own_valid = None
+  own_valid = own_causal = None
   if self_cache is None:
-    own_visible = causal_attention_mask(row_mask)
+    own_causal = CausalMask(row_mask)
+    own_visible = own_causal.dense()
   else:
     own_valid = write_columns(self_cache.valid, row_mask, self_cache.index)
     own_visible = cached_attention_mask(own_valid, self_cache.index, length)
   return ThoughtMasks(doc_visible=doc_visible,
                       own_visible=own_visible.reshape(batch, num_thoughts, length, -1),
-                      own_valid=own_valid)
+                      own_valid=own_valid, own_causal=own_causal)
 
 
 def shared_prefix_attention(queries: jax.Array, doc_keys: jax.Array, doc_values: jax.Array,
@@ -137,9 +141,36 @@ def attend_over_document(attention: Attention, normed: jax.Array, cos: jax.Array
   if cache_kv is not None:
     keys = write_columns(cache_kv[0], keys, write_index)
     values = write_columns(cache_kv[1], values, write_index)
-  attended = shared_prefix_attention(
-      queries.reshape(batch, num_thoughts, length, *queries.shape[2:]), doc_keys, doc_values,
-      masks.doc_visible, keys.reshape(batch, num_thoughts, *keys.shape[1:]),
-      values.reshape(batch, num_thoughts, *values.shape[1:]), masks.own_visible)
+  attended = thought_attention(
+      attention.impl, queries.reshape(batch, num_thoughts, length, *queries.shape[2:]),
+      doc_keys, doc_values, masks, keys, values)
   out = attention.o_proj(attended.reshape(batch, num_thoughts * length, *attended.shape[3:]))
   return out, (None if cache_kv is None else (keys, values))
+
+
+def thought_attention(impl: str, queries: jax.Array, doc_keys: jax.Array, doc_values: jax.Array,
+                      masks: ThoughtMasks, own_keys: jax.Array, own_values: jax.Array,
+                      ) -> jax.Array:
+  """Thought queries [B, N, Q, H, D] over [document ‖ own] keys by `model.attention_impl`: the
+  reference `shared_prefix_attention`, or two kernel calls merged by their log-sum-exps
+  (attention_kernels.merged_attention). own_keys/values [B·N, S, K, D].
+
+  The document block's mask (columns below each thought's own prefix length) is data-dependent
+  per thought, which the Pallas kernels' static masks and segment ids cannot express; under
+  'pallas' that block runs through `jax.nn.dot_product_attention` and the own-thought block (causal
+  within its row) through the Pallas kernel."""
+  batch, num_thoughts = queries.shape[:2]
+  if impl == 'reference':
+    return shared_prefix_attention(
+        queries, doc_keys, doc_values, masks.doc_visible,
+        own_keys.reshape(batch, num_thoughts, *own_keys.shape[1:]),
+        own_values.reshape(batch, num_thoughts, *own_values.shape[1:]), masks.own_visible)
+  length, doc_len = queries.shape[2], doc_keys.shape[1]
+  doc_mask = jnp.broadcast_to(masks.doc_visible[:, :, None, :],
+                              (batch, num_thoughts, length, doc_len))
+  document = Block(doc_keys, doc_values, doc_mask.reshape(batch, num_thoughts * length, doc_len),
+                   layout='document', impl='dot_product' if impl == 'pallas' else impl)
+  own_mask = masks.own_causal if masks.own_causal is not None else masks.own_visible.reshape(
+      batch * num_thoughts, length, -1)
+  own = Block(own_keys, own_values, own_mask, layout='own', impl=impl)
+  return merged_attention(queries, document, own)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rlp_jax.errors import ConfigError
+from rlp_jax.models.decoder import OutputHead
 from rlp_jax.models.dense_family import DENSE
 from rlp_jax.models.family import ModelFamily
 from rlp_jax.models.hybrid_cache import HybridCache
@@ -149,6 +150,15 @@ def logits_from_hidden(graphdef: nnx.GraphDef, params: Params, hidden: jax.Array
   """fp32 logits [..., L, V] of residual-stream columns [B, L, E] (final norm, then lm head)."""
   model = nnx.merge(graphdef, params)
   return model.output_logits(hidden)
+
+
+def output_head(graphdef: nnx.GraphDef, params: Params, hidden: jax.Array,
+                ) -> tuple[jax.Array, OutputHead]:
+  """(final-normed residual-stream columns [B, L, E] in the compute dtype, the lm head as one
+  matrix): `head.logits(normed)` equals `logits_from_hidden(graphdef, params, hidden)`. What the
+  log-probs over the vocabulary take, a chunk at a time (objective/chunked_log_probs.py)."""
+  model = nnx.merge(graphdef, params)
+  return model.output_head(hidden)
 
 
 def init_cache(model_config: Any, batch_size: int, max_len: int) -> Cache:

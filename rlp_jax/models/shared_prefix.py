@@ -2,8 +2,10 @@
 
 `document_kv` runs the documents once and keeps what their thoughts need (each attention layer's
 keys/values and, for a family with recurrent layers, their states at the scored positions), next
-to the logits the next-token loss needs. `thought_forward` runs the tokens of N thoughts per
-document over it: thought (b, n) sees document columns s < prefix_len[b, n] and its own tokens.
+to the logits the next-token loss needs (or, `return_hidden`, the residual stream they come from,
+so that the caller takes log-probs a chunk of tokens at a time: objective/chunked_log_probs.py).
+`thought_forward` runs the tokens of N thoughts per document over it: thought (b, n) sees
+document columns s < prefix_len[b, n] and its own tokens.
 Each family implements both in its record (dense_family.py, hybrid_family.py) with the model's own
 submodules, so the shared and naive paths run the same per-token code; the attention they share
 is prefix_attention.py. This module only dispatches to the record.
@@ -36,18 +38,22 @@ def _shared_prefix_family(family: ModelFamily) -> ModelFamily:
 
 def document_kv(graphdef: nnx.GraphDef, params: Any, tokens: jax.Array, positions: jax.Array,
                 mask: jax.Array, state_positions: jax.Array | None = None,
-                segment_ids: jax.Array | None = None) -> tuple[jax.Array, DocumentKV]:
+                segment_ids: jax.Array | None = None, *, return_hidden: bool = False,
+                ) -> tuple[jax.Array, DocumentKV]:
   """One causal forward over documents [B, L]: (fp32 logits [B, L, V], DocumentKV).
 
   The logits are those of `registry.forward(graphdef, params, tokens, positions, mask,
-  segment_ids=segment_ids)`. `state_positions` int32 [B, K] (each ≥ 1): the scored positions
+  segment_ids=segment_ids)`; with `return_hidden` the first output is instead the residual stream
+  [B, L, E] before the final norm (`registry.forward_hidden`'s, whose `logits_from_hidden` gives
+  those logits). `state_positions` int32 [B, K] (each ≥ 1): the scored positions
   whose Mamba states the hybrid family keeps (required there; the dense family keeps every
   column's keys and ignores it). `segment_ids` (packed rows, segments.py): every document kept
   to itself, and each thought later sees only the document its prefix ends in.
   """
   model = nnx.merge(graphdef, params)
   family = _shared_prefix_family(registry.family_of_model(model))
-  return family.document_kv(model, tokens, positions, mask, state_positions, segment_ids)
+  return family.document_kv(model, tokens, positions, mask, state_positions, segment_ids,
+                            return_hidden=return_hidden)
 
 
 def empty_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_document: int,
@@ -61,9 +67,11 @@ def empty_thought_cache(model_config: Any, doc_kv: DocumentKV, thoughts_per_docu
 def thought_forward(graphdef: nnx.GraphDef, params: Any, doc_kv: DocumentKV,
                     prefix_len: jax.Array, thought_tokens: jax.Array,
                     thought_positions: jax.Array, thought_mask: jax.Array,
-                    self_cache: ThoughtCache | None = None,
+                    self_cache: ThoughtCache | None = None, *, return_hidden: bool = False,
                     ) -> tuple[jax.Array, ThoughtCache | None]:
-  """Thought tokens over a shared document: (fp32 logits [B, N, Tq, V], updated own cache).
+  """Thought tokens over a shared document: (fp32 logits [B, N, Tq, V], updated own cache); with
+  `return_hidden` the residual stream [B, N, Tq, E] before the final norm instead of the logits
+  (`registry.logits_from_hidden` of it gives them).
 
   Thought (b, n) sees document columns s < prefix_len[b, n] (and valid) and its own tokens: the
   Tq given ones causally (masked by thought_mask) or, with `self_cache` (B·N rows, from
@@ -73,4 +81,4 @@ def thought_forward(graphdef: nnx.GraphDef, params: Any, doc_kv: DocumentKV,
   model = nnx.merge(graphdef, params)
   family = _shared_prefix_family(registry.family_of_model(model))
   return family.thought_forward(model, doc_kv, prefix_len, thought_tokens, thought_positions,
-                                thought_mask, self_cache)
+                                thought_mask, self_cache, return_hidden=return_hidden)

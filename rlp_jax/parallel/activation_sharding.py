@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import math
 from typing import Iterator, Sequence
 
 import jax
@@ -60,6 +61,20 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return x
   spec = partition_spec(logical_axes, x.shape, layout.mesh, layout.table)
   return jax.lax.with_sharding_constraint(x, NamedSharding(layout.mesh, spec))
+
+
+def shard_count(logical_axis: str, size: int) -> int:
+  """Into how many shards `constrain` splits a dimension of `size` named `logical_axis` (e.g.
+  'batch': the rows each device holds are size / this); 1 without a layout."""
+  layout = _LAYOUT.get()
+  if layout is None:
+    return 1
+  spec = partition_spec((logical_axis,), (size,), layout.mesh, layout.table)
+  axes = spec[0] if len(spec) else None
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else axes
+  return math.prod(layout.mesh.shape[axis] for axis in axes)
 
 
 def mesh_of(shardings) -> Mesh | None:

@@ -12,6 +12,7 @@ import ml_collections
 
 from rlp_jax.errors import ConfigError
 from rlp_jax.models import registry
+from rlp_jax.objective.chunked_log_probs import DEFAULT_CHUNK_TOKENS, head_log_probs_and_entropy
 from rlp_jax.objective.log_probs import token_log_probs
 from rlp_jax.rollout.positions import (POSITION_RULES, POSITION_WEIGHTS, UNWEIGHTED_RULES,
                                        after_marker, choose_positions)
@@ -32,21 +33,23 @@ def baseline_evidence(graphdef: Any, teacher_params: Any, tokens: jax.Array, mas
 
 def teacher_next_token_stats(graphdef: Any, teacher_params: Any, tokens: jax.Array,
                              mask: jax.Array, segment_ids: jax.Array | None = None,
+                             chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                              ) -> tuple[jax.Array, jax.Array]:
   """φ's prediction of every token from one teacher-forced forward over all columns.
 
   Returns (log_prob, entropy), both float32 [B, L]: at column t ≥ 1, log p_φ(x_t | x_<t) and the
   entropy of φ's next-token distribution that predicts x_t (log-softmax of the logits at t − 1,
-  in fp32); column 0 (nothing predicts it) is 0 in both. With `segment_ids` (packed rows) x_<t is
+  in fp32, computed `chunk_tokens` per device at a time: objective/chunked_log_probs.py, 0: all
+  at once); column 0 (nothing predicts it) is 0 in both. With `segment_ids` (packed rows) x_<t is
   t's own document; at a document's first token the numbers come from the previous document's
   last column and mean nothing, but such a column is never an allowed position.
   """
-  logits, _ = registry.forward(graphdef, teacher_params, tokens,
-                               registry.document_positions(tokens, segment_ids), mask,
-                               segment_ids=segment_ids)
-  log_softmax = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)  # [B, L-1, V]
-  log_prob = jnp.take_along_axis(log_softmax, tokens[:, 1:, None], axis=-1)[..., 0]
-  entropy = -jnp.sum(jnp.exp(log_softmax) * log_softmax, axis=-1)
+  hidden, _ = registry.forward_hidden(graphdef, teacher_params, tokens,
+                                      registry.document_positions(tokens, segment_ids), mask,
+                                      segment_ids=segment_ids)
+  normed, head = registry.output_head(graphdef, teacher_params, hidden[:, :-1])
+  log_prob, entropy = head_log_probs_and_entropy(head, normed, tokens[:, 1:],  # [B, L-1] each
+                                                 chunk_tokens)
   first_column = jnp.zeros_like(log_prob[:, :1])
   return (jnp.concatenate([first_column, log_prob], axis=1),
           jnp.concatenate([first_column, entropy], axis=1))
@@ -57,6 +60,7 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
                                   rlp: ml_collections.ConfigDict,
                                   marker_ids: tuple[int, ...] = (),
                                   segment_ids: jax.Array | None = None,
+                                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The K scored positions by `rlp.position_rule` and the baseline evidence S_ema there.
 
@@ -68,8 +72,9 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
   (`baseline_evidence`). 'after_marker': the same among the tokens right after an occurrence of
   `marker_ids` (the tokens of `rlp.position_marker`); documents with fewer such tokens get fewer
   positions (counted as skipped). 'teacher_loss' / 'teacher_entropy': one teacher forward over
-  all columns gives φ's loss / entropy at every position as the sampling weight, and S_ema is
-  gathered from the same log-probs (no second forward).
+  all columns gives φ's loss / entropy at every position as the sampling weight (its logits
+  `chunk_tokens` per device at a time, `model.logits_chunk_tokens`), and S_ema is gathered from
+  the same log-probs (no second forward).
 
   Returns:
     positions int32 [B, K], valid bool [B, K], S_ema float32 [B, K].
@@ -85,7 +90,7 @@ def scored_positions_and_baseline(graphdef: Any, teacher_params: Any, key: jax.A
     raise ConfigError(f"config key `rlp.position_rule` must be one of {list(POSITION_RULES)}, "
                       f"got {rlp.position_rule!r}")
   log_prob, entropy = teacher_next_token_stats(graphdef, teacher_params, tokens, mask,
-                                               segment_ids)
+                                               segment_ids, chunk_tokens)
   weights = POSITION_WEIGHTS[rlp.position_rule](log_prob, entropy)
   positions, valid = choose_positions(key, mask, k, min_context, weights, segment_ids)
   return positions, valid, jnp.take_along_axis(log_prob, positions, axis=1)

@@ -18,6 +18,7 @@ tokens (one key split per decode step, thought_sampler.decode_thoughts).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -28,6 +29,8 @@ from rlp_jax.models import registry
 from rlp_jax.models.segments import prefix_starts
 from rlp_jax.models.shared_prefix import (DocumentKV, document_kv, empty_thought_cache,
                                           thought_forward)
+from rlp_jax.objective.chunked_log_probs import DEFAULT_CHUNK_TOKENS
+from rlp_jax.rollout.decode_inputs import decode_params, loop_document_kv, shared_decode_step
 from rlp_jax.rollout.reasoned_evidence import ScoredSequences, region_scores, score_thoughts
 from rlp_jax.rollout.thought_sampler import (Prompts, Thoughts, build_prompts, decode_thoughts,
                                              sample_thoughts)
@@ -39,9 +42,11 @@ class PrefixStrategy:
   name = ''
 
   def encode(self, graphdef: Any, params: Any, tokens: jax.Array, mask: jax.Array,
-             positions: jax.Array, need_logits: bool, segment_ids: jax.Array | None = None,
+             positions: jax.Array, need_hidden: bool, segment_ids: jax.Array | None = None,
              ) -> tuple[jax.Array | None, Any]:
-    """(fp32 document logits [B, L, V] when `need_logits` (else may be None), context).
+    """(the documents' residual stream [B, L, E] before the final norm when `need_hidden` (else
+    may be None), context): `registry.logits_from_hidden` of it are the document logits, which
+    the next-token loss takes a chunk of tokens at a time (objective/next_token.py).
     `positions` int32 [B, K]: the scored positions; `segment_ids` int32 [B, L] of packed rows
     (models/segments.py) or None: every document is kept to itself."""
     raise NotImplementedError
@@ -59,9 +64,11 @@ class PrefixStrategy:
     raise NotImplementedError
 
   def score(self, graphdef: Any, params: Any, context: Any, sequences: ScoredSequences,
-            max_thought_tokens: int, temperature: float) -> tuple[jax.Array, jax.Array]:
+            max_thought_tokens: int, temperature: float,
+            chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[jax.Array, jax.Array]:
     """Teacher-forced (thought log-probs float32 [R, T] at the sampling temperature,
-    S_pred float32 [R])."""
+    S_pred float32 [R]), the logits over the vocabulary `chunk_tokens` per device at a time
+    (`model.logits_chunk_tokens`; 0: all at once)."""
     raise NotImplementedError
 
 
@@ -70,14 +77,14 @@ class NaivePrefix(PrefixStrategy):
   """Each row re-encodes its prefix: simple and exact, and R/B times the prefix compute."""
   name = 'naive'
 
-  def encode(self, graphdef, params, tokens, mask, positions, need_logits, segment_ids=None):
+  def encode(self, graphdef, params, tokens, mask, positions, need_hidden, segment_ids=None):
     del positions
-    if not need_logits:
+    if not need_hidden:
       return None, None
-    logits, _ = registry.forward(graphdef, params, tokens,
-                                 registry.document_positions(tokens, segment_ids), mask,
-                                 segment_ids=segment_ids)
-    return logits, None
+    hidden, _ = registry.forward_hidden(graphdef, params, tokens,
+                                        registry.document_positions(tokens, segment_ids), mask,
+                                        segment_ids=segment_ids)
+    return hidden, None
 
   def prompts(self, tokens, positions, group_size, think_start_id, segment_ids=None):
     return build_prompts(tokens, positions, group_size, think_start_id, segment_ids)
@@ -88,9 +95,11 @@ class NaivePrefix(PrefixStrategy):
     return sample_thoughts(graphdef, params, model_config, prompts, key, max_thought_tokens,
                            temperature, think_end_id, pad_id)
 
-  def score(self, graphdef, params, context, sequences, max_thought_tokens, temperature):
+  def score(self, graphdef, params, context, sequences, max_thought_tokens, temperature,
+            chunk_tokens=DEFAULT_CHUNK_TOKENS):
     del context
-    return score_thoughts(graphdef, params, sequences, max_thought_tokens, temperature)
+    return score_thoughts(graphdef, params, sequences, max_thought_tokens, temperature,
+                          chunk_tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +109,10 @@ class SharedPrefix(PrefixStrategy):
   rollout's gradient reaches its shared prefix."""
   name = 'shared'
 
-  def encode(self, graphdef, params, tokens, mask, positions, need_logits, segment_ids=None):
-    del need_logits  # one pass either way; unused logits are dropped by the compiler
+  def encode(self, graphdef, params, tokens, mask, positions, need_hidden, segment_ids=None):
+    del need_hidden  # one pass either way; an unused residual stream costs nothing more
     return document_kv(graphdef, params, tokens, registry.document_positions(tokens, segment_ids),
-                       mask, positions, segment_ids)
+                       mask, positions, segment_ids, return_hidden=True)
 
   def prompts(self, tokens, positions, group_size, think_start_id, segment_ids=None):
     return thought_prompts(tokens, positions, group_size, think_start_id, segment_ids)
@@ -113,9 +122,10 @@ class SharedPrefix(PrefixStrategy):
     return sample_thoughts_shared(graphdef, params, model_config, context, prompts, key,
                                   max_thought_tokens, temperature, think_end_id, pad_id)
 
-  def score(self, graphdef, params, context, sequences, max_thought_tokens, temperature):
+  def score(self, graphdef, params, context, sequences, max_thought_tokens, temperature,
+            chunk_tokens=DEFAULT_CHUNK_TOKENS):
     return score_thoughts_shared(graphdef, params, context, sequences, max_thought_tokens,
-                                 temperature)
+                                 temperature, chunk_tokens)
 
 
 PREFIX_STRATEGIES: dict[str, PrefixStrategy] = {s.name: s for s in (NaivePrefix(), SharedPrefix())}
@@ -147,17 +157,21 @@ def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv
                            prompts: Prompts, key: jax.Array, max_thought_tokens: int,
                            temperature: float, think_end_id: int, pad_id: int) -> Thoughts:
   """`thought_sampler.sample_thoughts` over a shared document cache; `prompts` from
-  `thought_prompts`. Decode step u attends to doc columns < t plus the thought's own cache."""
+  `thought_prompts`. Decode step u attends to doc columns < t plus the thought's own cache.
+
+  What every step reads is prepared once, before the loop (decode_inputs.py): the weights in the
+  compute dtype, and (reference attention) the one document cache heads-major, read by all N
+  thoughts of the document without a copy per thought. Exact: the same thoughts and log-probs."""
   batch = doc_kv.valid.shape[0]
   rows = prompts.tokens.shape[0]
   num_thoughts = rows // batch
   prefix_len = prompts.scored_position.reshape(batch, num_thoughts)
-
-  def forward(tokens, positions, mask, cache):
-    logits, cache = thought_forward(
-        graphdef, params, doc_kv, prefix_len, tokens.reshape(batch, num_thoughts, -1),
-        positions.reshape(batch, num_thoughts, -1), mask.reshape(batch, num_thoughts, -1), cache)
-    return logits.reshape(rows, -1, logits.shape[-1])[:, -1], cache
+  params = decode_params(graphdef, params)
+  # The kernels of other `model.attention_impl`s take the document in the model's layout.
+  heads_major = model_config.get('attention_impl', 'reference') == 'reference'
+  loop_kv = loop_document_kv(doc_kv) if heads_major else doc_kv
+  forward = functools.partial(shared_decode_step, graphdef, params, loop_kv, prefix_len,
+                              heads_major=heads_major)
 
   cache = empty_thought_cache(model_config, doc_kv, num_thoughts, max_thought_tokens + 1)
   logits, cache = forward(prompts.tokens, prompts.positions, prompts.mask, cache)
@@ -167,9 +181,11 @@ def sample_thoughts_shared(graphdef: Any, params: Any, model_config: Any, doc_kv
 
 def score_thoughts_shared(graphdef: Any, params: Any, doc_kv: DocumentKV,
                           sequences: ScoredSequences, max_thought_tokens: int,
-                          temperature: float) -> tuple[jax.Array, jax.Array]:
+                          temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                          ) -> tuple[jax.Array, jax.Array]:
   """`reasoned_evidence.score_thoughts` over a shared document cache, for `<think> ‖ c </think>
-  x_t` rows (prompt_length 1): (thought log-probs float32 [R, T], S_pred float32 [R])."""
+  x_t` rows (prompt_length 1): (thought log-probs float32 [R, T], S_pred float32 [R]), the
+  logits `chunk_tokens` per device at a time (`region_scores`)."""
   if sequences.prompt_length != 1 or sequences.scored_position is None:
     raise ValueError('score_thoughts_shared wants sequences built from `thought_prompts` '
                      f'(prompt_length 1, scored_position set), got prompt_length '
@@ -178,10 +194,11 @@ def score_thoughts_shared(graphdef: Any, params: Any, doc_kv: DocumentKV,
   rows, width = sequences.tokens.shape
   shape = (batch, rows // batch, width - 1)  # the last column is only ever a target
   prefix_len = sequences.scored_position.reshape(shape[:2])  # columns < t (t's document)
-  logits, _ = thought_forward(graphdef, params, doc_kv, prefix_len,
+  hidden, _ = thought_forward(graphdef, params, doc_kv, prefix_len,
                               sequences.tokens[:, :-1].reshape(shape),
                               sequences.positions[:, :-1].reshape(shape),
-                              sequences.mask[:, :-1].reshape(shape))
-  region_logits = logits.reshape(rows, width - 1, -1)  # column u predicts region[u]
-  return region_scores(region_logits, sequences.tokens[:, 1:], sequences.closed_length,
-                       max_thought_tokens, temperature)
+                              sequences.mask[:, :-1].reshape(shape), return_hidden=True)
+  # column u predicts region[u]
+  normed, head = registry.output_head(graphdef, params, hidden.reshape(rows, width - 1, -1))
+  return region_scores(head, normed, sequences.tokens[:, 1:], sequences.closed_length,
+                       max_thought_tokens, temperature, chunk_tokens)

@@ -3,7 +3,10 @@ S_pred = log p(x_t | x_<t, <think> c </think>) (`reasoned_evidence`, for either 
 next to the no-think baseline S_ema of baseline_evidence.py.
 
 Scoring is teacher-forced, in one forward over `prompt ‖ c </think> x_t` (`score_thoughts` is the
-naive strategy's; prefix_strategies.py has the shared one): per-token thought log-probs and S_pred.
+naive strategy's; prefix_strategies.py has the shared one): per-token thought log-probs and S_pred,
+from the final-normed states of the thought region and the lm head, never holding the logits of
+every token over the vocabulary at once (`region_scores`, objective/chunked_log_probs.py,
+`model.logits_chunk_tokens`).
 The same function scores under θ_old at rollout time (no gradient) and under θ in the update
 (with gradient), so on the first update of a rollout the importance ratio is exactly 1 up to the
 decode-vs-forward rounding.
@@ -18,7 +21,9 @@ import jax.numpy as jnp
 
 from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.models import registry
-from rlp_jax.objective.log_probs import token_log_probs
+from rlp_jax.models.decoder import OutputHead
+from rlp_jax.objective.chunked_log_probs import (DEFAULT_CHUNK_TOKENS, chunk_tokens_of,
+                                                 head_token_log_probs)
 from rlp_jax.rollout.thought_sampler import Prompts, Thoughts
 
 
@@ -62,33 +67,39 @@ def build_scored_sequences(prompts: Prompts, thoughts: Thoughts, think_end_id: i
 
 
 def score_thoughts(graphdef: Any, params: Any, sequences: ScoredSequences, max_thought_tokens: int,
-                   temperature: float) -> tuple[jax.Array, jax.Array]:
+                   temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                   ) -> tuple[jax.Array, jax.Array]:
   """(thought log-probs float32 [R, T] at the sampling temperature, S_pred float32 [R]).
 
-  Logits are computed only for the T + 2 columns that predict the thought region, not for the
-  prompt: the prompt's [R, P, V] fp32 logits would be most of the step's memory."""
+  Logits are computed only for the columns that predict the thought region, not for the prompt
+  (the prompt's [R, P, V] fp32 logits would be most of the step's memory), and of those only
+  `chunk_tokens` per device at a time (`region_scores`; 0: all at once)."""
   hidden, _ = registry.forward_hidden(graphdef, params, sequences.tokens, sequences.positions,
                                       sequences.mask)
   start = sequences.prompt_length - 1  # the `<think>` column predicts the first thought token
-  region_logits = registry.logits_from_hidden(  # column u predicts region[u], u = 0..T+1
-      graphdef, params, hidden[:, start:start + max_thought_tokens + 2])
+  region_hidden = hidden[:, start:start + max_thought_tokens + 2]  # column u predicts region[u]
   region_tokens = sequences.tokens[:, start + 1:start + 1 + max_thought_tokens + 2]
-  return region_scores(region_logits, region_tokens, sequences.closed_length,
-                       max_thought_tokens, temperature)
+  normed, head = registry.output_head(graphdef, params, region_hidden)
+  return region_scores(head, normed, region_tokens, sequences.closed_length, max_thought_tokens,
+                       temperature, chunk_tokens)
 
 
-def region_scores(region_logits: jax.Array, region_tokens: jax.Array, closed_length: jax.Array,
-                  max_thought_tokens: int, temperature: float) -> tuple[jax.Array, jax.Array]:
-  """From the logits [R, T + 2, V] whose column u predicts region token u: (thought log-probs
-  [R, T] at the sampling temperature, S_pred [R] = log p(x_t) at column `closed_length`)."""
-  thought_log_probs = token_log_probs(region_logits[:, :max_thought_tokens],
-                                      region_tokens[:, :max_thought_tokens],
-                                      temperature if temperature > 0 else 1.0)
+def region_scores(head: OutputHead, region_normed: jax.Array, region_tokens: jax.Array,
+                  closed_length: jax.Array, max_thought_tokens: int, temperature: float,
+                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[jax.Array, jax.Array]:
+  """From the final-normed states [R, T + 2, E] whose column u predicts region token u and the lm
+  head (`registry.output_head`): (thought log-probs [R, T] at the sampling temperature, S_pred
+  [R] = log p(x_t) at column `closed_length`). The R·T thought tokens' logits are taken
+  `chunk_tokens` per device at a time (objective/chunked_log_probs.py), S_pred's from the one
+  column `closed_length` of each row."""
+  thought_log_probs = head_token_log_probs(
+      head, region_normed[:, :max_thought_tokens], region_tokens[:, :max_thought_tokens],
+      temperature if temperature > 0 else 1.0, chunk_tokens)
   closed = closed_length
-  answer_logits = jnp.take_along_axis(region_logits, closed[:, None, None], axis=1)[:, 0]
-  answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)[:, 0]
-  s_pred = token_log_probs(answer_logits, answer_token, 1.0)
-  return thought_log_probs, s_pred
+  answer_normed = jnp.take_along_axis(region_normed, closed[:, None, None], axis=1)  # [R, 1, E]
+  answer_token = jnp.take_along_axis(region_tokens, closed[:, None], axis=1)  # [R, 1]
+  s_pred = head_token_log_probs(head, answer_normed, answer_token, 1.0, chunk_tokens)
+  return thought_log_probs, s_pred[:, 0]
 
 
 def reasoned_evidence(strategy: Any, graphdef: Any, params: Any, model_config: Any,
@@ -102,7 +113,7 @@ def reasoned_evidence(strategy: Any, graphdef: Any, params: Any, model_config: A
   `segment_ids` (packed rows) x_<t is t's own document before t.
 
   The rollout (θ_old) and the evaluator (the evaluated θ, rlp_jax.eval) both call this."""
-  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_logits=False,
+  _, context = strategy.encode(graphdef, params, tokens, mask, positions, need_hidden=False,
                                segment_ids=segment_ids)
   prompts = strategy.prompts(tokens, positions, group_size, special.think_start_id, segment_ids)
   thoughts = strategy.sample(graphdef, params, model_config, context, prompts, key,
@@ -110,5 +121,5 @@ def reasoned_evidence(strategy: Any, graphdef: Any, params: Any, model_config: A
                              special.pad_id)
   sequences = build_scored_sequences(prompts, thoughts, special.think_end_id, special.pad_id)
   _, s_pred = strategy.score(graphdef, params, context, sequences, max_thought_tokens,
-                             temperature)
+                             temperature, chunk_tokens_of(model_config))
   return sequences, thoughts, s_pred

@@ -14,6 +14,7 @@ import ml_collections
 from rlp_jax.data.special_tokens import SpecialTokens
 from rlp_jax.models.segments import segment_ids_of
 from rlp_jax.objective import get_advantage_estimator, information_gain
+from rlp_jax.objective.chunked_log_probs import chunk_tokens_of
 from rlp_jax.rollout.baseline_evidence import scored_positions_and_baseline
 from rlp_jax.rollout.prefix_strategies import prefix_strategy
 from rlp_jax.rollout.reasoned_evidence import ScoredSequences, reasoned_evidence
@@ -89,7 +90,7 @@ def rollout_batch(graphdef: Any, params: Any, teacher_params: Any, key: jax.Arra
   key_positions, key_sample = jax.random.split(key)
   positions, position_valid, s_ema = scored_positions_and_baseline(
       graphdef, teacher_params, key_positions, tokens, mask, rlp, special.marker_ids,
-      segment_ids)
+      segment_ids, chunk_tokens_of(model_config))
   s_ema = jnp.repeat(s_ema.reshape(-1), rlp.thoughts_per_position)  # [R]
   sequences, thoughts, s_pred = reasoned_evidence(
       prefix_strategy(rlp.prefix_mode), graphdef, params, model_config, key_sample, tokens, mask,

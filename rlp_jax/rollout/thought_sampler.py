@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from rlp_jax.models import registry
 from rlp_jax.models.segments import prefix_starts
 from rlp_jax.objective.log_probs import token_log_probs
+from rlp_jax.rollout.decode_inputs import decode_params
 
 
 @flax.struct.dataclass
@@ -95,9 +96,12 @@ def sample_thoughts(graphdef: Any, params: Any, model_config: Any, prompts: Prom
   temperature 0 decodes greedily (its recorded log-probs are then untempered).
   `think_end_id` may be an array of stop ids and `banned_ids` ids never drawn (the evaluator's
   answer generation: stop at a newline or eos, never open a thought; see decode_thoughts).
+  The weights the model uses in its compute dtype are cast to it once, before prefill and loop
+  (`decode_inputs.decode_params`: the same numbers, half the bytes per step for fp32 weights).
   """
   rows, prompt_len = prompts.tokens.shape
   limit = max_thought_tokens
+  params = decode_params(graphdef, params)  # bf16 weights read per step (decode_inputs.py)
   cache = registry.init_cache(model_config, rows, prompt_len + limit)
   hidden, cache = registry.forward_hidden(graphdef, params, prompts.tokens, prompts.positions,
                                           prompts.mask, cache)

@@ -200,8 +200,8 @@ def _train_with(config: ml_collections.ConfigDict, workdir: str, stop_at_step: i
     train_step = functools.partial(_rlp_train_step, *rlp_fns, updates_per_batch, count_tokens,
                                    config.rlp.thoughts_per_position, flops_n)
   else:
-    train_step = _timed(make_ntp_step(graphdef, tx, schedule, state_sharding,
-                                        config.mesh.rules), count_tokens, flops_n)
+    train_step = _timed(make_ntp_step(graphdef, tx, schedule, state_sharding, config.mesh.rules,
+                                      config.model.logits_chunk_tokens), count_tokens, flops_n)
   evaluator = _make_evaluator(config, graphdef, tokenizer)
   # train.sample_every: a few rollout rows as text (train/thought_samples.py), read by process 0.
   sampler = thought_sampler(config.train, config.rlp, tokenizer) if is_primary_process() else None

@@ -14,7 +14,8 @@ import optax
 
 from rlp_jax.models import registry
 from rlp_jax.models.segments import segment_ids_of
-from rlp_jax.objective.next_token import next_token_loss
+from rlp_jax.objective.chunked_log_probs import DEFAULT_CHUNK_TOKENS
+from rlp_jax.objective.next_token import next_token_loss_from_head
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.train.nonfinite import keep_finite_update
 from rlp_jax.train.state import TrainState, constrain_state
@@ -26,8 +27,12 @@ Metrics = dict[str, jax.Array]
 
 def make_ntp_step(graphdef: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
                   state_sharding: TrainState | None = None, rules: Any = None,
+                  logits_chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
                   ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
   """Returns `ntp_step(state, batch) -> (state, metrics)`, jitted with the state donated.
+
+  The loss takes its logits over the vocabulary `logits_chunk_tokens` tokens per device at a time
+  (`model.logits_chunk_tokens`, objective/chunked_log_probs.py; 0: all at once).
 
   With `state_sharding` (on a mesh) the returned state keeps that layout; inputs arrive already
   sharded (the state from `create_sharded_state`, the batch from `put_batch`). With `rules` too
@@ -38,10 +43,12 @@ def make_ntp_step(graphdef: Any, tx: optax.GradientTransformation, schedule: opt
   def loss_fn(params, batch):
     tokens, mask = batch['tokens'], batch['mask']
     segment_ids = segment_ids_of(batch)  # packed rows: each document kept to itself
-    logits, _ = registry.forward(graphdef, params, tokens,
-                                 registry.document_positions(tokens, segment_ids), mask,
-                                 segment_ids=segment_ids)
-    loss, num_predicted = next_token_loss(logits, tokens, mask, segment_ids)
+    hidden, _ = registry.forward_hidden(graphdef, params, tokens,
+                                        registry.document_positions(tokens, segment_ids), mask,
+                                        segment_ids=segment_ids)
+    normed, head = registry.output_head(graphdef, params, hidden)
+    loss, num_predicted = next_token_loss_from_head(head, normed, tokens, mask, segment_ids,
+                                                    logits_chunk_tokens)
     return loss, num_predicted
 
   def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:

@@ -18,6 +18,7 @@ import ml_collections
 import optax
 
 from rlp_jax.data.special_tokens import SpecialTokens
+from rlp_jax.objective.chunked_log_probs import chunk_tokens_of
 from rlp_jax.parallel.activation_sharding import activation_layout, mesh_of
 from rlp_jax.rollout.rlp_rollout import Rollout, rollout_batch
 from rlp_jax.train.ema import ema_update
@@ -52,7 +53,7 @@ def make_rlp_step(graphdef: Any, model_config: ml_collections.ConfigDict,
     grad_fn = jax.value_and_grad(rlp_loss, has_aux=True)
     with activation_layout(mesh, rules):
       (loss, metrics), grads = grad_fn(state.params, state.teacher_params, graphdef, batch,
-                                       rollout_data, rlp)
+                                       rollout_data, rlp, chunk_tokens_of(model_config))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     teacher = ema_update(state.teacher_params, params, rlp.ema_decay)

@@ -39,7 +39,8 @@ ALLOW_DATA_CHANGE_FLAG = '--config.train.allow_data_change=True'
 # `model.*` keys that never change a parameter's shape or dtype; every other model key is listed
 # under model_shape.keys (a new key counts as a shape key until it is named here).
 NOT_SHAPE_KEYS = ('init_from', 'rope_theta', 'norm_eps', 'compute_dtype', 'init_std',
-                  'remat_policy', 'scan_layers', 'mamba_chunk_size', 'mamba_dt_limit_min', 'mamba_dt_limit_max')
+                  'remat_policy', 'scan_layers', 'mamba_chunk_size', 'mamba_dt_limit_min', 'mamba_dt_limit_max',
+                  'logits_chunk_tokens')
 # The `data.*` keys that choose the documents (recorded for messages; the hash decides).
 CORPUS_KEYS = ('corpus', 'files', 'text_field', 'num_documents', 'corpus_seed',
                'worked_fraction')

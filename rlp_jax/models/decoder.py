@@ -35,8 +35,8 @@ from rlp_jax.parallel.activation_sharding import constrain
 class OutputHead(NamedTuple):
   """The lm head as one matrix, as stored (the parameter's dtype): `weight` [V, E] (layout 've',
   the tied embedding) or [E, V] ('ev', the separate lm head's kernel), multiplied in
-  `compute_dtype`. `logits(normed)` are the fp32 logits of final-normed states [R, C, E] exactly
-  as `Decoder.logits` computes them; a slice of `weight` along its vocabulary axis gives the
+  `compute_dtype`. `logits(normed)` are the fp32 logits of final-normed states [R, C, E] (the only place
+  the model computes logits: `Decoder.output_logits` calls it); a slice of `weight` along its vocabulary axis gives the
   logits of those vocabulary ids."""
   weight: jax.Array
   layout: str
@@ -106,19 +106,14 @@ class Decoder(nnx.Module):
     keeps every document to itself."""
     raise NotImplementedError
 
-  def logits(self, hidden: jax.Array) -> jax.Array:
-    """fp32 logits [B, L, V] from final-normed hidden states."""
-    if self.tie_embeddings:
-      return self.token_embedding.attend(hidden)
-    return constrain(self.lm_head(hidden), LOGITS_AXES)
-
   def output_logits(self, x: jax.Array) -> jax.Array:
-    """fp32 logits [B, L, V] from the residual stream (final norm, then lm head)."""
-    return self.logits(self.final_norm(x))
+    """fp32 logits [B, L, V] from the residual stream (final norm, then lm head: `output_head`)."""
+    normed, head = self.output_head(x)
+    return head.logits(normed)
 
   def output_head(self, x: jax.Array) -> tuple[jax.Array, OutputHead]:
     """(final_norm(x) in the compute dtype, the lm head as an `OutputHead`): its
-    `logits(normed)` equal `output_logits(x)`, op for op."""
+    `logits(normed)` are `output_logits(x)`, the model's only logits computation."""
     if self.tie_embeddings:
       embedding = self.token_embedding
       return (self.final_norm(x).astype(embedding.compute_dtype),

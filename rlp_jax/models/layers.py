@@ -75,7 +75,7 @@ class Projection(nnx.Module):
 
 
 class Embedding(nnx.Module):
-  """Token embedding table [vocab, embed]; `attend` is the tied output head."""
+  """Token embedding table [vocab, embed]; tied, it is also the output head (decoder.OutputHead)."""
 
   def __init__(self, vocab_size: int, hidden_size: int, *, init_std: float, param_dtype: Any,
                compute_dtype: Any, rngs: nnx.Rngs):
@@ -86,12 +86,6 @@ class Embedding(nnx.Module):
   def __call__(self, tokens: jax.Array) -> jax.Array:
     embedded = jnp.take(self.embedding[...], tokens, axis=0).astype(self.compute_dtype)
     return constrain(embedded, RESIDUAL_AXES)
-
-  def attend(self, x: jax.Array) -> jax.Array:
-    """Logits in fp32 against the embedding table (tied lm head)."""
-    table = self.embedding[...].astype(self.compute_dtype)
-    return constrain(jnp.einsum('ble,ve->blv', x.astype(self.compute_dtype), table,
-                                preferred_element_type=jnp.float32), LOGITS_AXES)
 
 
 class RMSNorm(nnx.Module):
